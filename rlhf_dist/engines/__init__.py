@@ -1,0 +1,1 @@
+"""Engines: thin wrappers over vLLM (rollout) and DeepSpeed (learner). Heavy imports happen lazily inside."""

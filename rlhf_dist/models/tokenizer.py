@@ -1,0 +1,36 @@
+"""A byte-level BPE tokenizer trained locally with `tokenizers` (no hub)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512):
+    """Train a byte-level BPE tokenizer on `texts`; returns a transformers PreTrainedTokenizerFast.
+
+    PAD is its own token, distinct from EOS: with PAD == EOS the EOS gets masked out with the
+    padding and the model never learns to stop (N+ implementation details, detail 3). Encoding
+    prepends BOS (a post-processor, so transformers and vLLM tokenise prompts identically); EOS is
+    appended by the data code to every target. Byte-level means no text is ever unknown.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
