@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rlhf-dist demo
+	$(BIN)/rlhf-dist demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

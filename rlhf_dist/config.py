@@ -186,3 +186,43 @@ def config_to_dict(cfg) -> dict:
 def save_config(cfg, path: str | Path) -> None:
     """Write the resolved config as YAML (the run folder keeps what actually ran)."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def describe_fields(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every leaf field; help comes from field metadata["help"]."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += describe_fields(hint, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        )
+        rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+    return rows
+
+
+def parse_cli(cls: type[T], argv: list[str], prog: str, description: str) -> T:
+    """Parse `[--config FILE] [--out DIR] [key=value ...]` into a `cls` config; `--help` lists the keys.
+
+    `--out DIR` is shorthand for `out=DIR` when the config has an `out` field.
+    """
+    import argparse
+
+    keys = describe_fields(cls)
+    epilog = "keys (key=value overrides):\n" + "\n".join(
+        f"  {k}={d!r:<24} {h}" for k, d, h in keys
+    )
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML config file")
+    if any(k == "out" for k, _, _ in keys):
+        parser.add_argument("--out", help="output folder (same as out=DIR)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    ns = parser.parse_args(argv)
+    overrides = list(ns.overrides)
+    if getattr(ns, "out", None):
+        overrides.append(f"out={ns.out}")
+    return load_config(cls, ns.config, overrides)

@@ -1,0 +1,60 @@
+"""The `rlhf-dist` command.
+
+    rlhf-dist demo [--config FILE] [key=value ...]          what `make demo` runs
+    rlhf-dist task-data --out DIR [key=value ...]           write a task's data files for a seed
+    rlhf-dist build-model --out DIR [key=value ...]         tokenizer + random-init tiny Llama from a task corpus
+    rlhf-dist version
+
+Every command takes `key=value` overrides of its typed config; unknown keys are rejected.
+Errors in input print one line (naming the file, line or key) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlhf_dist import __version__
+
+COMMANDS = {
+    "demo": ("rlhf_dist.recipes.demo", "run the part of the pipeline that exists today, on CPU"),
+    "task-data": ("rlhf_dist.tasks.generate", "write a task's data files (corpus, demonstrations, prompts, rankings)"),
+    "build-model": ("rlhf_dist.recipes.build_model", "train a tokenizer on a task corpus and save a random-init tiny Llama"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="rlhf-dist",
+        description="Distributed RLHF: SFT, reward model and PPO-ptx on Ray, vLLM, DeepSpeed and Arrow.",
+        epilog="commands:\n" + "\n".join(f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items())
+        + "\n  version      print the version\n\n`rlhf-dist COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=[*COMMANDS, "version"], metavar="COMMAND")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    ns = parser.parse_args(argv[:1])
+    if ns.command == "version":
+        print(f"rlhf-dist {__version__}")
+        return 0
+    import importlib
+
+    from rlhf_dist.config import ConfigError
+
+    module = importlib.import_module(COMMANDS[ns.command][0])
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"rlhf-dist {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhf-dist {ns.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The `rlhf-dist` console script, run as a newcomer would (subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = Path(sys.executable).with_name("rlhf-dist")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_console_script_installed_and_lists_commands():
+    assert EXE.exists(), "the rlhf-dist console script is not installed in the venv"
+    res = run("--help")
+    assert res.returncode == 0
+    for command in ("demo", "task-data", "build-model"):
+        assert command in res.stdout
+    assert run("version").stdout.startswith("rlhf-dist ")
+
+
+@pytest.mark.parametrize("command", ["demo", "build-model"])
+def test_unknown_key_is_a_one_line_error_with_nonzero_exit(command, tmp_path):
+    res = run(command, "--out", str(tmp_path / "o"), "no_such_key=1")
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "no_such_key" in lines[0], res.stderr
+    assert not (tmp_path / "o").exists(), "nothing may be written on bad input"
+
+
+def test_build_model_missing_corpus_names_the_file(tmp_path):
+    res = run("build-model", "--out", str(tmp_path / "m"), f"data={tmp_path / 'nodata'}")
+    assert res.returncode == 2 and "pretrain.jsonl" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
