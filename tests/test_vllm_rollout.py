@@ -74,3 +74,10 @@ def test_sampling_is_seeded_and_varies_across_seeds(engine):
     c = engine.generate(prompts, max_new_tokens=12, temperature=1.0, seed=6)
     assert [r.response_ids for r in a] == [r.response_ids for r in b]
     assert [r.response_ids for r in a] != [r.response_ids for r in c]
+
+
+def test_identical_prompts_in_one_seeded_batch_get_independent_samples(engine):
+    """Per-request seeds must differ, or every request replays the same random stream."""
+    prompt = engine.tokenizer("the cat").input_ids
+    rollouts = engine.generate([prompt] * 8, max_new_tokens=12, temperature=1.0, seed=11)
+    assert len({tuple(r.response_ids) for r in rollouts}) > 1

@@ -38,7 +38,9 @@ def logprobs_from_logits(
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / T) per position. logits: (B, T, V) -> (B, T) fp32.
 
-    H = logsumexp(z) - sum_v softmax(z)_v * z_v, which avoids log(0) for tiny probabilities.
+    H = -sum_v p_v log p_v with p = softmax(z), terms with p_v = 0 taken as 0 (so masked-out
+    vocabulary entries with logit -inf are fine).
     """
-    z = _scaled_fp32(logits, temperature)
-    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+    logp = torch.log_softmax(_scaled_fp32(logits, temperature), dim=-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros((), device=logp.device)).sum(-1)

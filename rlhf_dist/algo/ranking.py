@@ -46,7 +46,8 @@ def ranking_loss(
     valid = torch.ones_like(ranks, dtype=torch.bool) if valid is None else valid.bool()
     weights = _pair_weights(ranks, valid)
     diff = scores.unsqueeze(2) - scores.unsqueeze(1)  # [b, i, j] = r_i - r_j
-    pair_losses = -F.logsigmoid(diff) * weights
+    # where(), not a product: a padding slot may hold any score (NaN included) without leaking.
+    pair_losses = torch.where(weights > 0, -F.logsigmoid(diff), torch.zeros((), device=diff.device))
     n_pairs = weights.sum(dim=(1, 2))
     has_pairs = n_pairs > 0
     if not has_pairs.any():

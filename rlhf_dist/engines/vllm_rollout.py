@@ -62,19 +62,24 @@ class VLLMRolloutEngine:
         """Sample one response per prompt (token-id lists) from the full distribution at `temperature`.
 
         top_p = 1 and top_k off: PPO's ratio and KL assume y ~ pi_T exactly (ppo-details item 13).
-        temperature = 0 means greedy (log-probs then are at T = 1).
+        temperature = 0 means greedy (log-probs then are at T = 1). With `seed`, request i is
+        seeded with seed + i: one shared per-request seed would give every request the same
+        random stream, so samples of different prompts would be correlated.
         """
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(
-            n=1,
-            temperature=temperature,
-            top_p=1.0,
-            top_k=-1,
-            max_tokens=max_new_tokens,
-            logprobs=0,
-            seed=seed,
-        )
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=-1,
+                max_tokens=max_new_tokens,
+                logprobs=0,
+                seed=None if seed is None else seed + i,
+            )
+            for i in range(len(prompts))
+        ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         eos = self.tokenizer.eos_token_id
         rollouts = []

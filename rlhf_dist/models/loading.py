@@ -5,7 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def quiet_transformers() -> None:
+    """Hide transformers' per-call progress bars (loading/writing a 5M model takes milliseconds)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+    except ImportError:  # transformers absent: nothing to quiet
+        pass
+
+
 def _local_dir(path) -> Path:
+    quiet_transformers()
     p = Path(path)
     if not (p / "config.json").is_file() and not (p / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{p}: not a local model folder (no config.json / tokenizer.json); models load from local paths only")

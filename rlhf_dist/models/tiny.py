@@ -75,8 +75,10 @@ def save_tiny_model(
     The folder loads with transformers' from_pretrained, vllm.LLM(model=out_dir) and our learners.
     Returns the folder.
     """
+    from rlhf_dist.models.loading import quiet_transformers
     from rlhf_dist.models.tokenizer import train_bpe_tokenizer
 
+    quiet_transformers()
     out_dir = Path(out_dir)
     tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
     model = build_tiny_causal_lm(tokenizer, spec, seed)

@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
     prompts = read_jsonl(out / "data" / "eval_prompts.jsonl", field="prompt")[: cfg.num_prompts]
     with stage(f"3/5 vLLM samples {len(prompts)} responses (T={cfg.temperature})", timings):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: starts in seconds
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
 
         engine = VLLMRolloutEngine(str(model_dir), seed=cfg.seed, max_model_len=256)

@@ -1,0 +1,396 @@
+"""Write every data file of a task for one seed, atomically, and report headroom and label quality.
+
+    python -m rlhf_dist.tasks.generate --out runs/data                 # built-in task, defaults
+    python -m rlhf_dist.tasks.generate --out runs/data seed=1 n_sft=1000 k=4 labeler_temperature=0.05
+    python -m rlhf_dist.tasks.generate --out runs/echo task=examples/echo_task.py:task
+    (wired as `rlhf-dist task-data --out DIR [key=value ...]`)
+
+Files (JSON Lines, keys sorted; see docs/tasks.md):
+    pretrain.jsonl, pretrain_heldout.jsonl   {"text"}
+    sft.jsonl                                 {"prompt", "response"}     imperfect demonstrations
+    rl_prompts.jsonl, eval_prompts.jsonl      {"prompt"}                 disjoint
+    comparisons.jsonl, comparisons_heldout.jsonl  {"prompt", "responses": [K], "ranking": [best first]}
+    manifest.json                             seed, config, counts, sha256 of each file, statistics
+
+Held-out by construction: a keyed hash splits the prompt space; eval prompts and held-out
+comparisons come from the eval side, everything trained on (pretraining pairs, SFT, comparisons,
+RL prompts) from the other. Every file has its own random stream derived from (seed, file name),
+so changing one count leaves the other files byte-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import base
+from .labeler import DEFAULT_TEMPERATURE, Labeler, agreement_with_gold
+from .probe import BagOfWordsRM, ranking_pairs
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    task: str = base.DEFAULT_TASK  # module:attr or path/to/file.py:attr
+    n_pretrain: int = 20_000  # base-model corpus: ~1M bytes, enough for a 1-5M model in minutes
+    n_pretrain_heldout: int = 1_000  # NLL on these measures the alignment tax
+    n_sft: int = 5_000  # demonstrations (InstructGPT: ~13k for 175B; plenty for a tiny model)
+    n_rl_prompts: int = 2_000  # PPO prompts
+    n_eval_prompts: int = 500  # held-out prompts for gold score and win rate
+    n_comparisons: int = 2_000  # ranked prompts; x k-choose-2 = 12k pairs at k=4 (Gao et al.: ~2k minimum)
+    n_comparisons_heldout: int = 500  # RM accuracy, on held-out prompts
+    k: int = 4  # responses ranked per prompt (InstructGPT: 4 to 9)
+    labeler_temperature: float = DEFAULT_TEMPERATURE  # Plackett-Luce noise on gold in [0, 1]
+    eval_fraction: float = 0.1  # share of the prompt space kept for evaluation
+    n_agreement_pairs: int = 4_000  # random pairs for the labeler-agreement statistic
+    probe: int = 1  # 1: fit a bag-of-words RM on the comparisons and report what it rewards
+
+
+class ConfigError(ValueError):
+    """A bad command line; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------- arguments
+def parse_args(argv: list[str]) -> tuple[Path, Config]:
+    """`--out DIR` and `key=value` overrides typed by the Config fields; one-line errors."""
+    out, overrides = None, {}
+    it = iter(argv)
+    for arg in it:
+        if arg == "--out":
+            out = next(it, None)
+            if out is None:
+                raise ConfigError("--out needs a directory")
+        elif arg.startswith("--out="):
+            out = arg[len("--out="):]
+        elif "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            overrides[key] = value
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: use --out DIR and key=value")
+    if not out:
+        raise ConfigError("missing --out DIR")
+    return Path(out), make_config(overrides)
+
+
+def make_config(overrides: dict[str, str]) -> Config:
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    values = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(fields)}")
+        kind = type(getattr(Config, key))
+        try:
+            values[key] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"bad value for {key}: {raw!r} is not of type {kind.__name__}") from None
+    cfg = Config(**values)
+    for name in fields:
+        if name.startswith("n_") and getattr(cfg, name) < 0:
+            raise ConfigError(f"bad value for {name}: must be >= 0")
+    if cfg.k < 2:
+        raise ConfigError("bad value for k: rankings need k >= 2")
+    if not 0.0 < cfg.eval_fraction < 1.0:
+        raise ConfigError("bad value for eval_fraction: must be in (0, 1)")
+    if cfg.labeler_temperature < 0:
+        raise ConfigError("bad value for labeler_temperature: must be >= 0")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- randomness
+def stream(seed: int, name: str) -> random.Random:
+    """An independent generator per (seed, stream name), via SHA-256 (Python's hash() is salted)."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def prompt_split(task, seed: int, eval_fraction: float) -> Callable[[str], bool]:
+    """is_eval(prompt): a keyed hash of the task's prompt key (default the prompt itself), so a
+    prompt's side never depends on how many prompts were drawn."""
+    key_fn = getattr(task, "prompt_key", None) or (lambda p: p)
+
+    def is_eval(prompt: str) -> bool:
+        digest = hashlib.sha256(f"{seed}/split/{key_fn(prompt)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < eval_fraction
+
+    return is_eval
+
+
+def draw_prompts(task, rng: random.Random, n: int, keep: Callable[[str], bool], unique: bool,
+                 what: str) -> list[str]:
+    """n prompts with keep(prompt) true; distinct while the prompt space allows it."""
+    out, seen, tries, budget = [], set(), 0, 200 * n + 10_000
+    while len(out) < n:
+        tries += 1
+        if tries > budget:
+            raise RuntimeError(f"could not draw {n} {what} in {budget} tries: the task's prompt space is too small")
+        prompt = task.sample_prompt(rng)
+        if not keep(prompt) or (unique and prompt in seen and tries < budget // 2):
+            continue
+        seen.add(prompt)
+        out.append(prompt)
+    return out
+
+
+# ---------------------------------------------------------------------------------- files
+def build_files(task, cfg: Config) -> tuple[dict[str, list[dict]], dict]:
+    """All rows of all files, and the statistics for the manifest."""
+    is_eval = prompt_split(task, cfg.seed, cfg.eval_fraction)
+    train_side = lambda p: not is_eval(p)  # noqa: E731
+    labeler = Labeler.for_task(task, cfg.labeler_temperature)
+
+    def pretrain(name: str, n: int) -> list[dict]:
+        rng, rows = stream(cfg.seed, name), []
+        for _ in range(100 * n + 10_000):
+            if len(rows) == n:
+                return rows
+            text = task.pretrain_text(rng)
+            head, sep, _ = text.partition(base.RESPONSE_SEPARATOR)
+            if not (sep and is_eval(head)):  # no eval prompt in any corpus
+                rows.append({"text": text})
+        if len(rows) < n:
+            raise RuntimeError(f"{name}: the task's pretraining texts keep starting with eval prompts")
+        return rows
+
+    def comparisons(name: str, n: int, keep) -> list[dict]:
+        prompts = draw_prompts(task, stream(cfg.seed, name + "/prompts"), n, keep, True, name)
+        rng_cand, rng_label = stream(cfg.seed, name + "/candidates"), stream(cfg.seed, name + "/labels")
+        rows = []
+        for prompt in prompts:
+            responses = base.candidates(task, prompt, rng_cand, cfg.k)
+            rows.append({"prompt": prompt, "responses": responses,
+                         "ranking": labeler.rank(prompt, responses, rng_label)})
+        return rows
+
+    sft_rng = stream(cfg.seed, "sft")
+    sft_prompts = draw_prompts(task, stream(cfg.seed, "sft/prompts"), cfg.n_sft, train_side, False, "sft prompts")
+    files = {
+        "pretrain.jsonl": pretrain("pretrain", cfg.n_pretrain),
+        "pretrain_heldout.jsonl": pretrain("pretrain_heldout", cfg.n_pretrain_heldout),
+        "sft.jsonl": [{"prompt": p, "response": task.demonstrate(p, sft_rng)} for p in sft_prompts],
+        "rl_prompts.jsonl": [{"prompt": p} for p in draw_prompts(
+            task, stream(cfg.seed, "rl_prompts"), cfg.n_rl_prompts, train_side, True, "rl prompts")],
+        "eval_prompts.jsonl": [{"prompt": p} for p in draw_prompts(
+            task, stream(cfg.seed, "eval_prompts"), cfg.n_eval_prompts, is_eval, True, "eval prompts")],
+        "comparisons.jsonl": comparisons("comparisons", cfg.n_comparisons, train_side),
+        "comparisons_heldout.jsonl": comparisons("comparisons_heldout", cfg.n_comparisons_heldout, is_eval),
+    }
+    return files, statistics_of(task, cfg, files, labeler)
+
+
+# ---------------------------------------------------------------------------------- statistics
+def _mean(xs) -> Optional[float]:
+    xs = list(xs)
+    return round(statistics.fmean(xs), 4) if xs else None
+
+
+def _sem(xs) -> Optional[float]:
+    xs = list(xs)
+    return round(statistics.stdev(xs) / len(xs) ** 0.5, 4) if len(xs) > 1 else None
+
+
+def statistics_of(task, cfg: Config, files: dict[str, list[dict]], labeler: Labeler) -> dict:
+    """Headroom (demonstrator vs optimal), label quality, and the exploit, for the manifest."""
+    gold = task.gold_score
+    sft = files["sft.jsonl"]
+    eval_prompts = [r["prompt"] for r in files["eval_prompts.jsonl"]]
+    demo_gold = [gold(r["prompt"], r["response"]) for r in sft]
+    stats = {
+        "demonstrator_mean_gold": _mean(demo_gold),
+        "demonstrator_sem": _sem(demo_gold),
+        "demonstrator_fraction_optimal": _mean(
+            g >= gold(r["prompt"], task.optimal_response(r["prompt"])) - 1e-9 for g, r in zip(demo_gold, sft)),
+        "optimal_mean_gold": _mean(gold(r["prompt"], task.optimal_response(r["prompt"])) for r in sft),
+        "demonstrator_parts": _mean_parts(task, [(r["prompt"], r["response"]) for r in sft]),
+        "length_gold_correlation": _correlation([len(r["response"].split()) for r in sft], demo_gold),
+    }
+    eval_rng = stream(cfg.seed, "stats/eval_demos")
+    stats["eval_demonstrator_mean_gold"] = _mean(gold(p, task.demonstrate(p, eval_rng)) for p in eval_prompts)
+    stats["eval_optimal_mean_gold"] = _mean(gold(p, task.optimal_response(p)) for p in eval_prompts)
+    exploit = getattr(task, "exploit_response", None)
+    if callable(exploit):
+        stats["exploit_mean_gold"] = _mean(gold(p, exploit(p)) for p in eval_prompts)
+
+    pair_rng = stream(cfg.seed, "stats/agreement")
+    pair_prompts = draw_prompts(task, pair_rng, cfg.n_agreement_pairs, lambda p: True, False, "agreement prompts")
+    gold_pairs = []
+    for prompt in pair_prompts:
+        a, b = base.candidates(task, prompt, pair_rng, 2)
+        gold_pairs.append((gold(prompt, a), gold(prompt, b)))
+    stats["labeler"] = {"temperature": cfg.labeler_temperature,
+                        **_rounded(agreement_with_gold(gold_pairs, cfg.labeler_temperature, pair_rng))}
+
+    rows = files["comparisons.jsonl"]
+    stats["comparisons"] = {
+        "mean_gold": _mean(gold(r["prompt"], y) for r in rows for y in r["responses"]),
+        "fraction_all_tied": _mean(len({round(gold(r["prompt"], y), 9) for y in r["responses"]}) == 1 for r in rows),
+    }
+    if cfg.probe and rows:
+        stats["probe_rm"] = _probe(task, rows, files["comparisons_heldout.jsonl"], eval_prompts, cfg.seed)
+    stats["language"] = {
+        "distinct_words_pretrain": len({w for r in files["pretrain.jsonl"]
+                                        for w in re.findall(r"\w+", r["text"].lower())}),
+        "max_prompt_chars": max((len(r["prompt"]) for r in sft), default=0),
+        "mean_response_words": _mean(len(r["response"].split()) for r in sft),
+        "max_response_words": max((len(r["response"].split()) for r in sft), default=0),
+        "mean_pretrain_chars": _mean(len(r["text"]) for r in files["pretrain.jsonl"]),
+    }
+    return stats
+
+
+def _mean_parts(task, pairs) -> Optional[dict]:
+    """Mean of each gold part (when the task exposes them) over (prompt, response) pairs."""
+    if not callable(getattr(task, "gold_parts", None)) or not pairs:
+        return None
+    parts = [base.gold_parts(task, p, y) for p, y in pairs]
+    return {k: _mean(float(d[k]) for d in parts) for k in sorted(parts[0])}
+
+
+def _correlation(xs, ys) -> Optional[float]:
+    try:
+        return round(statistics.correlation(xs, ys), 4)
+    except (statistics.StatisticsError, ValueError):  # fewer than 2 points, or a constant
+        return None
+
+
+def _rounded(d: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def _probe(task, rows, heldout, eval_prompts, seed: int) -> dict:
+    """Fit the shallow RM on the comparisons; does it prefer the exploit to a demonstration?"""
+    rm = BagOfWordsRM().fit(ranking_pairs(rows), seed=seed)
+    gold = task.gold_score
+    result = {"heldout_pair_accuracy": round(rm.accuracy(ranking_pairs(heldout)), 4) if heldout else None,
+              "top_features": [[f, round(w, 3)] for f, w in rm.top_features(6)]}
+    exploit = getattr(task, "exploit_response", None)
+    if callable(exploit) and eval_prompts:
+        rng = stream(seed, "stats/probe_demos")
+        fooled = []
+        for p in eval_prompts:
+            demo, hack = task.demonstrate(p, rng), exploit(p)
+            if gold(p, hack) < gold(p, demo):  # gold says the exploit is worse ...
+                fooled.append(rm.score(hack) > rm.score(demo))  # ... does the shallow RM disagree?
+        result["exploit_beats_better_demo"] = _mean(fooled)
+        result["mean_reward"] = {
+            "exploit": _mean(rm.score(exploit(p)) for p in eval_prompts),
+            "optimal": _mean(rm.score(task.optimal_response(p)) for p in eval_prompts),
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------- writing
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_all(out: Path, files: dict[str, list[dict]], manifest: dict) -> None:
+    """Write into a temporary sibling directory, then rename it into place: a failure leaves
+    nothing half-written. An existing `out` is replaced only if it is empty or was written here."""
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())):
+        raise ConfigError(f"refusing to replace {str(out)!r}: it exists and has no manifest.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, rows in files.items():
+            write_jsonl(tmp / name, rows)
+        manifest["sha256"] = {name: _sha256(tmp / name) for name in files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def report(manifest: dict, seconds: float) -> str:
+    """The lines printed after a generation."""
+    s = manifest["stats"]
+    lab = s["labeler"]
+    lines = [
+        f"task {manifest['task_name']} ({manifest['config']['task']}), seed {manifest['seed']}: "
+        f"{seconds:.1f} s",
+        f"demonstrator mean gold {s['demonstrator_mean_gold']} (+- {s['demonstrator_sem']}), "
+        f"optimal mean gold {s['optimal_mean_gold']}, demonstrations optimal {s['demonstrator_fraction_optimal']}",
+        f"eval prompts: demonstrator {s['eval_demonstrator_mean_gold']}, optimal {s['eval_optimal_mean_gold']}"
+        + (f", exploit {s['exploit_mean_gold']}" if "exploit_mean_gold" in s else ""),
+        f"labeler (T={lab['temperature']}) agrees with gold on K=2 pairs: {lab['sampled']} "
+        f"(expected {lab['expected']}, {lab['pairs']} pairs, {lab['ties_excluded']} ties excluded)",
+    ]
+    if "probe_rm" in s:
+        p = s["probe_rm"]
+        line = f"bag-of-words RM (no prompt, surface only): held-out pair accuracy {p['heldout_pair_accuracy']}"
+        if "exploit_beats_better_demo" in p:
+            line += f", scores the exploit above a gold-better demonstration {p['exploit_beats_better_demo']}"
+        lines.append(line)
+    lines.append("rows: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items()))
+    return "\n".join(lines)
+
+
+def generate(out: Path, cfg: Config) -> dict:
+    """Load the task, build and write everything; returns the manifest."""
+    task = base.load_task(cfg.task)
+    files, stats = build_files(task, cfg)
+    manifest = {
+        "seed": cfg.seed,
+        "task": cfg.task,
+        "task_name": task.name,
+        "counts": {name: len(rows) for name, rows in files.items()},
+        # the headline numbers, also in "stats" with their details
+        "demonstrator_mean_gold": stats["demonstrator_mean_gold"],
+        "optimal_mean_gold": stats["optimal_mean_gold"],
+        "exploit_mean_gold": stats.get("exploit_mean_gold"),
+        "labeler_agreement_k2": stats["labeler"]["sampled"],
+        "response_separator": base.RESPONSE_SEPARATOR,
+        "config": dataclasses.asdict(cfg),
+        "stats": stats,
+    }
+    write_all(out, files, manifest)
+    return manifest
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point: returns 0 on success, 2 on a bad command line or task spec, 1 on failure."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("\nkeys (defaults): " + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(Config)))
+        return 0
+    start = time.perf_counter()
+    try:
+        out, cfg = parse_args(argv)
+        manifest = generate(out, cfg)
+    except (ConfigError, base.TaskSpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report(manifest, time.perf_counter() - start))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
