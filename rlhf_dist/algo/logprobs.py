@@ -43,4 +43,6 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """
     logp = torch.log_softmax(_scaled_fp32(logits, temperature), dim=-1)
     p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros((), device=logp.device)).sum(-1)
+    # Zero log p where p == 0 *before* the product, so the backward pass never forms 0 * -inf.
+    logp = torch.where(p > 0, logp, torch.zeros((), device=logp.device))
+    return -(p * logp).sum(-1)

@@ -27,7 +27,8 @@ def aggregate_loss(
     mode="token_mean": sum over valid tokens / normalizer, normalizer = number of valid tokens
       (default: this batch's).
     mode="seq_mean_token_mean": each sequence's mean over its tokens, summed / normalizer,
-      normalizer = number of sequences (default: this batch's).
+      normalizer = number of sequences (default: this batch's). A row with no valid token
+      (padding rows that keep ranks in step) contributes 0.
 
     Across micro-batches and ranks pass the GLOBAL count (tokens or sequences of the whole
     minibatch, over all ranks) divided by the factor the engine averages gradients with: data
@@ -39,7 +40,8 @@ def aggregate_loss(
         total = masked_sum(loss, mask)
         default = mask.sum()
     elif mode == "seq_mean_token_mean":
-        total = masked_mean(loss, mask, dim=1).sum()
+        per_row = masked_sum(loss, mask, dim=1) / mask.sum(1).clamp(min=1).to(loss.dtype)
+        total = per_row.sum()
         default = mask.shape[0]
     else:
         raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {AGGREGATIONS}")
@@ -68,12 +70,17 @@ def policy_loss(
     """PPO clipped surrogate per token. (B, T) x 4 -> (loss (B, T), stats).
 
     loss_t = max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps_high)), rho = exp(logp - old_logp)
-    (Schulman et al. 2017, eq. 7; eps_high defaults to eps). Stats over valid tokens, named as in
-    cleanrl: clipfrac (share of tokens where the clipped branch is taken), approx_kl (k3 estimate
-    of KL(old || new)), ratio_mean, ratio_max.
+    (Schulman et al. 2017, eq. 7; eps_high defaults to eps). Stats over valid tokens:
+    clipfrac (share of tokens where the clipped branch is taken, TRL's definition; cleanrl counts
+    |ratio - 1| > eps instead), approx_kl (k3 estimate of KL(old || new), cleanrl's name),
+    ratio_mean, ratio_max. Padded positions are zeroed before the loss, so garbage there (NaN,
+    huge numbers) cannot reach the gradient.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logp.float() - old_logp.float()
+    mask = mask.bool()
+    zero = torch.zeros((), device=logp.device)
+    log_ratio = torch.where(mask, logp.float() - old_logp.float(), zero)
+    advantages = torch.where(mask, advantages.float(), zero)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
@@ -99,13 +106,18 @@ def value_loss(
 
     loss_t = 0.5 * max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2) (N+ / Secrets-I;
     InstructGPT does not say). clip_eps=None gives the plain 0.5 * (V - R)^2.
-    Stats: vf_clipfrac (share of tokens where the clipped branch is larger).
+    Stats: vf_clipfrac (share of tokens where the clipped branch is larger). Padded positions
+    are zeroed first, so garbage there cannot reach the gradient.
     """
-    values = values.float()
+    mask = mask.bool()
+    zero = torch.zeros((), device=values.device)
+    values = torch.where(mask, values.float(), zero)
+    old_values = torch.where(mask, old_values.float(), zero)
+    returns = torch.where(mask, returns.float(), zero)
     unclipped = (values - returns) ** 2
     if clip_eps is None:
         loss = 0.5 * unclipped
-        return loss, {"vf_clipfrac": torch.zeros(())}
+        return loss, {"vf_clipfrac": torch.zeros((), device=values.device)}
     clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     clipped = (clipped_values - returns) ** 2
     loss = 0.5 * torch.maximum(unclipped, clipped)
@@ -118,8 +130,10 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> t
     """Per-token negative log-likelihood for the SFT and ptx losses. logits: (B, T, V) -> (B, T) fp32.
 
     `logits[:, t]` must be the prediction for `labels[:, t]` (already shifted). PAD positions
-    are masked out (0), so they never enter the loss; aggregate with `aggregate_loss`. The
-    PPO-ptx objective adds gamma * this to the PPO loss (InstructGPT eq. 2, gamma = 27.8).
+    are masked out (0), so they never enter the loss, and may hold any label (HF's -100
+    included); aggregate with `aggregate_loss`. The PPO-ptx objective adds gamma * this to the
+    PPO loss (InstructGPT eq. 2, gamma = 27.8).
     """
+    labels = torch.where(mask.bool(), labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
     nll = -logprobs_from_logits(logits, labels, temperature=1.0)
     return torch.where(mask.bool(), nll, torch.zeros((), device=nll.device))

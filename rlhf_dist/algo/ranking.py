@@ -15,6 +15,8 @@ def ranks_from_ordering(ordering: Sequence[int], k: int | None = None) -> list[i
     the extra slots get rank -1 (invalid; mask them out).
     """
     k = len(ordering) if k is None else k
+    if k < len(ordering):
+        raise ValueError(f"ranking of {len(ordering)} responses does not fit k={k} slots")
     if sorted(ordering) != list(range(len(ordering))):
         raise ValueError(f"ranking {list(ordering)} is not a permutation of 0..{len(ordering) - 1}")
     ranks = [-1] * k
@@ -33,15 +35,16 @@ def _pair_weights(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def ranking_loss(
     scores: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean over prompts of the mean over ranked pairs of -log sigmoid(r_better - r_worse).
+    """Mean over prompts of the mean over strictly ranked pairs of -log sigmoid(r_better - r_worse).
 
     scores: (B, K) reward of each of a prompt's K responses (each forwarded once);
     ranks: (B, K) rank of each response, lower is better, equal ranks are ties (dropped);
     valid: (B, K) bool, False for padding slots when prompts have different K (default: all).
     -> scalar. For K = 2 this is the pairwise loss -log sigmoid(r_chosen - r_rejected).
     All C(K, 2) comparisons of one prompt stay in one batch element, weighted 1/C(K, 2), as
-    InstructGPT section 3.5 prescribes (shuffling pairs as separate examples overfits).
-    Prompts with no strict pair (all tied) are left out of the mean.
+    InstructGPT section 3.5 prescribes (shuffling pairs as separate examples overfits). Tied
+    pairs are dropped and the prompt's mean is over its remaining strict pairs (so 1/C(K, 2)
+    exactly when there are no ties). Prompts with no strict pair (all tied) are left out.
     """
     valid = torch.ones_like(ranks, dtype=torch.bool) if valid is None else valid.bool()
     weights = _pair_weights(ranks, valid)
