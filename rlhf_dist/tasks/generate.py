@@ -37,74 +37,39 @@ from typing import Callable, Optional
 from . import base
 from .labeler import DEFAULT_TEMPERATURE, Labeler, agreement_with_gold
 from .probe import BagOfWordsRM, ranking_pairs
+from ..config import ConfigError, parse_cli
 
 
 @dataclasses.dataclass
 class Config:
-    seed: int = 0
-    task: str = base.DEFAULT_TASK  # module:attr or path/to/file.py:attr
-    n_pretrain: int = 20_000  # base-model corpus: ~1M bytes, enough for a 1-5M model in minutes
-    n_pretrain_heldout: int = 1_000  # NLL on these measures the alignment tax
-    n_sft: int = 5_000  # demonstrations (InstructGPT: ~13k for 175B; plenty for a tiny model)
-    n_rl_prompts: int = 2_000  # PPO prompts
-    n_eval_prompts: int = 500  # held-out prompts for gold score and win rate
-    n_comparisons: int = 2_000  # ranked prompts; x k-choose-2 = 12k pairs at k=4 (Gao et al.: ~2k minimum)
-    n_comparisons_heldout: int = 500  # RM accuracy, on held-out prompts
-    k: int = 4  # responses ranked per prompt (InstructGPT: 4 to 9)
-    labeler_temperature: float = DEFAULT_TEMPERATURE  # Plackett-Luce noise on gold in [0, 1]
-    eval_fraction: float = 0.1  # share of the prompt space kept for evaluation
-    n_agreement_pairs: int = 4_000  # random pairs for the labeler-agreement statistic
-    probe: int = 1  # 1: fit a bag-of-words RM on the comparisons and report what it rewards
+    out: str = dataclasses.field(default="", metadata={"help": "output folder (required)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "one seed for every file"})
+    task: str = dataclasses.field(default=base.DEFAULT_TASK, metadata={"help": "module:attr or path/to/file.py:attr"})
+    n_pretrain: int = dataclasses.field(default=20_000, metadata={"help": "base-model corpus: ~1M bytes, enough for a 1-5M model in minutes"})
+    n_pretrain_heldout: int = dataclasses.field(default=1_000, metadata={"help": "NLL on these measures the alignment tax"})
+    n_sft: int = dataclasses.field(default=5_000, metadata={"help": "demonstrations (InstructGPT: ~13k for 175B)"})
+    n_rl_prompts: int = dataclasses.field(default=2_000, metadata={"help": "PPO prompts"})
+    n_eval_prompts: int = dataclasses.field(default=500, metadata={"help": "held-out prompts for gold score and win rate"})
+    n_comparisons: int = dataclasses.field(default=2_000, metadata={"help": "ranked prompts; x C(k,2) = 12k pairs at k=4 (Gao et al.: ~2k minimum)"})
+    n_comparisons_heldout: int = dataclasses.field(default=500, metadata={"help": "RM accuracy, on held-out prompts"})
+    k: int = dataclasses.field(default=4, metadata={"help": "responses ranked per prompt (InstructGPT: 4 to 9)"})
+    labeler_temperature: float = dataclasses.field(default=DEFAULT_TEMPERATURE, metadata={"help": "Plackett-Luce noise on gold in [0, 1]"})
+    eval_fraction: float = dataclasses.field(default=0.1, metadata={"help": "share of the prompt space kept for evaluation"})
+    n_agreement_pairs: int = dataclasses.field(default=4_000, metadata={"help": "random pairs for the labeler-agreement statistic"})
+    probe: int = dataclasses.field(default=1, metadata={"help": "1: fit a bag-of-words RM on the comparisons and report what it rewards"})
 
-
-class ConfigError(ValueError):
-    """A bad command line; the message is one line."""
-
-
-# ---------------------------------------------------------------------------------- arguments
-def parse_args(argv: list[str]) -> tuple[Path, Config]:
-    """`--out DIR` and `key=value` overrides typed by the Config fields; one-line errors."""
-    out, overrides = None, {}
-    it = iter(argv)
-    for arg in it:
-        if arg == "--out":
-            out = next(it, None)
-            if out is None:
-                raise ConfigError("--out needs a directory")
-        elif arg.startswith("--out="):
-            out = arg[len("--out="):]
-        elif "=" in arg and not arg.startswith("-"):
-            key, value = arg.split("=", 1)
-            overrides[key] = value
-        else:
-            raise ConfigError(f"unexpected argument {arg!r}: use --out DIR and key=value")
-    if not out:
-        raise ConfigError("missing --out DIR")
-    return Path(out), make_config(overrides)
-
-
-def make_config(overrides: dict[str, str]) -> Config:
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    values = {}
-    for key, raw in overrides.items():
-        if key not in fields:
-            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(fields)}")
-        kind = type(getattr(Config, key))
-        try:
-            values[key] = kind(raw)
-        except ValueError:
-            raise ConfigError(f"bad value for {key}: {raw!r} is not of type {kind.__name__}") from None
-    cfg = Config(**values)
-    for name in fields:
-        if name.startswith("n_") and getattr(cfg, name) < 0:
-            raise ConfigError(f"bad value for {name}: must be >= 0")
-    if cfg.k < 2:
-        raise ConfigError("bad value for k: rankings need k >= 2")
-    if not 0.0 < cfg.eval_fraction < 1.0:
-        raise ConfigError("bad value for eval_fraction: must be in (0, 1)")
-    if cfg.labeler_temperature < 0:
-        raise ConfigError("bad value for labeler_temperature: must be >= 0")
-    return cfg
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("missing --out DIR")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("n_") and getattr(self, f.name) < 0:
+                raise ValueError(f"bad value for {f.name}: must be >= 0")
+        if self.k < 2:
+            raise ValueError("bad value for k: rankings need k >= 2")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError("bad value for eval_fraction: must be in (0, 1)")
+        if self.labeler_temperature < 0:
+            raise ValueError("bad value for labeler_temperature: must be >= 0")
 
 
 # ---------------------------------------------------------------------------------- randomness
@@ -363,7 +328,7 @@ def generate(out: Path, cfg: Config) -> dict:
         "exploit_mean_gold": stats.get("exploit_mean_gold"),
         "labeler_agreement_k2": stats["labeler"]["sampled"],
         "response_separator": base.RESPONSE_SEPARATOR,
-        "config": dataclasses.asdict(cfg),
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},  # same data wherever it is written
         "stats": stats,
     }
     write_all(out, files, manifest)
@@ -373,13 +338,10 @@ def generate(out: Path, cfg: Config) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point: returns 0 on success, 2 on a bad command line or task spec, 1 on failure."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        print("\nkeys (defaults): " + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(Config)))
-        return 0
     start = time.perf_counter()
     try:
-        out, cfg = parse_args(argv)
+        cfg = parse_cli(Config, argv, "rlhf-dist task-data", __doc__)
+        out = Path(cfg.out)
         manifest = generate(out, cfg)
     except (ConfigError, base.TaskSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
