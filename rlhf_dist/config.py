@@ -212,7 +212,7 @@ def parse_cli(cls: type[T], argv: list[str], prog: str, description: str) -> T:
 
     keys = describe_fields(cls)
     epilog = "keys (key=value overrides):\n" + "\n".join(
-        f"  {k}={d!r:<24} {h}" for k, d, h in keys
+        f"  {k + '=' + repr(d):<36} {h}" for k, d, h in keys
     )
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
