@@ -10,9 +10,10 @@ Conventions (see ../shared/notes/ppo-details.md):
 from rlhf_dist.algo.gae import gae_advantages
 from rlhf_dist.algo.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
 from rlhf_dist.algo.logprobs import entropy_from_logits, logprobs_from_logits
-from rlhf_dist.algo.losses import aggregate_loss, lm_loss, policy_loss, value_loss
+from rlhf_dist.algo.losses import aggregate_loss, global_normalizer, lm_loss, policy_loss, value_loss
 from rlhf_dist.algo.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf_dist.algo.ranking import pairwise_accuracy, ranking_loss, ranks_from_ordering
+from rlhf_dist.algo.schedules import lr_multiplier
 from rlhf_dist.algo.rewards import last_token_index, response_mask_after_eos, token_level_rewards
 
 __all__ = [
@@ -21,10 +22,12 @@ __all__ = [
     "aggregate_loss",
     "entropy_from_logits",
     "gae_advantages",
+    "global_normalizer",
     "kl_estimate",
     "last_token_index",
     "lm_loss",
     "logprobs_from_logits",
+    "lr_multiplier",
     "make_kl_controller",
     "masked_mean",
     "masked_sum",

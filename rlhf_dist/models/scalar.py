@@ -70,10 +70,14 @@ class ScalarHeadModel(nn.Module):
         Works for left padding, right padding or both: the last position where the attention
         mask is 1 (N+ detail 12; the other positions are not trained).
         """
-        values = self.values(input_ids, attention_mask, position_ids)
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values
-        return values.gather(1, last.unsqueeze(1)).squeeze(1)
+        return reward_from_values(self.values(input_ids, attention_mask, position_ids), attention_mask)
+
+
+def reward_from_values(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The value at the last position where the attention mask is 1. (B, S), (B, S) -> (B,)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values
+    return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
 
 def init_scalar_from_causal_lm(path, seed: int = 0, **kwargs) -> ScalarHeadModel:

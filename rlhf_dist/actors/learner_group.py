@@ -1,0 +1,245 @@
+"""The learner group: M Ray actors that form one torch.distributed group, each holding a
+DeepSpeed ZeRO engine (rlhf_dist.engines.deepspeed_engine). Pretraining, SFT, the reward model and
+PPO all train through it.
+
+The driver hands the group a global batch of tokenised items; the group splits it into equal
+contiguous shards (one per rank) and each shard into micro-batches; every rank normalises its
+loss by the global unit count, so the update equals the full-batch mean gradient whatever the
+number of ranks (tests/test_learner_group.py checks 1 rank against 2 under ZeRO-2 and ZeRO-3).
+Ranks sit in a placement group: CPUs per rank here, one GPU per rank on GPU clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, grad_accum_steps
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a learner trains: `path` (a local HF folder) loaded as `kind`.
+
+    kind: "causal_lm" (pretrain, SFT, the PPO policy), "scalar" (a saved reward/value model) or
+    "scalar_from_lm" (a new reward model: the causal LM's backbone plus a fresh scalar head).
+    """
+
+    path: str
+    kind: str = "causal_lm"
+    seed: int = 0
+
+
+def load_model(spec: ModelSpec):
+    from rlhf_dist.models import init_scalar_from_causal_lm, load_causal_lm, load_scalar_model
+
+    if spec.kind == "causal_lm":
+        return load_causal_lm(spec.path)
+    if spec.kind == "scalar":
+        return load_scalar_model(spec.path)
+    if spec.kind == "scalar_from_lm":
+        from rlhf_dist.models.loading import disable_dropout
+
+        return disable_dropout(init_scalar_from_causal_lm(spec.path, seed=spec.seed))
+    raise ValueError(f"unknown model kind {spec.kind!r}")
+
+
+class LearnerWorker:
+    """One rank. A thin shell: set up the process group, build the engine, run micro-batches."""
+
+    def __init__(self, rank: int, world_size: int, torch_threads: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+        import torch
+
+        if not torch.cuda.is_available():
+            torch.set_num_threads(torch_threads)
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port (rank 0 hosts the rendezvous)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int, spec: ModelSpec, cfg: LearnerConfig, optim: OptimConfig,
+              global_batch: int, total_steps: int, pad_id: int) -> dict:
+        import deepspeed
+        import torch
+
+        from rlhf_dist.engines.deepspeed_engine import TrainEngine, set_rank_environment
+
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so the local rank is always 0.
+        set_rank_environment(self.rank, self.world_size, master_addr, master_port, local_rank=0)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+        torch.manual_seed(spec.seed)
+        model = load_model(spec)
+        self.kind = spec.kind
+        self.pad_id = pad_id
+        self.engine = TrainEngine(model, cfg, optim, global_batch, total_steps)
+        return {"rank": self.rank, "params": sum(p.numel() for p in model.parameters()),
+                "grad_accum": self.engine.grad_accum, "backend": backend}
+
+    def train_step(self, objective_name: str, micro_batches: Sequence[Sequence], normalizer: float) -> dict:
+        from rlhf_dist.engines.objectives import OBJECTIVES, run_micro_batches
+
+        self.engine.engine.train()
+        sums = run_micro_batches(OBJECTIVES[objective_name], self.engine.engine, micro_batches, self.pad_id,
+                                 normalizer, self.engine.device, self.engine.micro_step)
+        sums["lr"] = self.engine.lr()
+        norm = self.engine.grad_norm()
+        if norm is not None:
+            sums["grad_norm"] = norm
+        return sums
+
+    def evaluate(self, objective_name: str, micro_batches: Sequence[Sequence], n_padding: int = 0) -> dict:
+        """Forward-only; the last `n_padding` micro-batches only keep ZeRO-3's collective forward
+        calls in step across ranks, and their metrics are discarded."""
+        from rlhf_dist.engines.objectives import OBJECTIVES, run_micro_batches
+
+        self.engine.engine.eval()
+        objective = OBJECTIVES[objective_name]
+        real = len(micro_batches) - n_padding
+        sums = run_micro_batches(objective, self.engine.engine, micro_batches[:real], self.pad_id, 1.0, self.engine.device, None)
+        run_micro_batches(objective, self.engine.engine, micro_batches[real:], self.pad_id, 1.0, self.engine.device, None)
+        return sums
+
+    def save_model(self, path: str, tokenizer_path: str | None) -> bool:
+        """Gather the full weights (from ZeRO-3 shards if need be) and write an HF folder on rank 0."""
+        state = self.engine.full_state_dict()
+        if state is None:
+            return False
+        model = self.engine.model
+        hf = getattr(model, "hf", model)  # ScalarHeadModel keeps the HF model under .hf
+        if hf is not model:
+            state = {k.removeprefix("hf."): v for k, v in state.items()}
+        Path(path).mkdir(parents=True, exist_ok=True)
+        hf.save_pretrained(path, state_dict=state)
+        if tokenizer_path:
+            from rlhf_dist.models import load_tokenizer
+
+            load_tokenizer(tokenizer_path).save_pretrained(path)
+        return True
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def shard(items: Sequence, world_size: int) -> list[list]:
+    """Equal contiguous shards, one per rank (the global batch must divide)."""
+    if len(items) % world_size:
+        raise ValueError(f"global batch of {len(items)} does not split over {world_size} ranks")
+    n = len(items) // world_size
+    return [list(items[r * n : (r + 1) * n]) for r in range(world_size)]
+
+
+def micro_batches(items: Sequence, micro_batch_size: int) -> list[list]:
+    return [list(items[i : i + micro_batch_size]) for i in range(0, len(items), micro_batch_size)]
+
+
+class LearnerGroup:
+    """M learner ranks. Methods take the GLOBAL batch and return metrics summed over ranks."""
+
+    def __init__(self, spec: ModelSpec, cfg: LearnerConfig, optim: OptimConfig, global_batch: int,
+                 total_steps: int, pad_id: int) -> None:
+        self.cfg, self.global_batch = cfg, global_batch
+        self.grad_accum = grad_accum_steps(global_batch, cfg.micro_batch_size, cfg.num_ranks)
+        bundle = {"CPU": cfg.cpus_per_rank}
+        if cfg.gpus_per_rank:
+            bundle["GPU"] = cfg.gpus_per_rank
+        self.pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy="PACK")
+        ray.get(self.pg.ready(), timeout=300)
+        actor = ray.remote(LearnerWorker)
+        self.workers = [
+            actor.options(
+                num_cpus=cfg.cpus_per_rank,
+                num_gpus=cfg.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=r),
+                runtime_env={"env_vars": _worker_env()},
+            ).remote(r, cfg.num_ranks, cfg.torch_threads)
+            for r in range(cfg.num_ranks)
+        ]
+        addr, port = ray.get(self.workers[0].address.remote())
+        # All ranks must join the rendezvous at once: call setup on every worker before waiting.
+        self.info = ray.get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
+
+    def _split(self, items: Sequence) -> list[list[list]]:
+        return [micro_batches(s, self.cfg.micro_batch_size) for s in shard(items, self.cfg.num_ranks)]
+
+    def train_step(self, objective: str, items: Sequence) -> dict:
+        """One optimizer step on a global batch of tokenised items; metrics summed over ranks."""
+        from rlhf_dist.engines.objectives import OBJECTIVES
+
+        if len(items) != self.global_batch:
+            raise ValueError(f"train_step needs the global batch of {self.global_batch} items, got {len(items)}")
+        # DeepSpeed averages gradients over ranks and divides each micro-batch loss by the
+        # accumulation steps: the normaliser undoes both (rlhf_dist.algo.losses.global_normalizer).
+        count = OBJECTIVES[objective].count(items)
+        normalizer = count / (self.cfg.num_ranks * self.grad_accum)
+        results = ray.get([w.train_step.remote(objective, mbs, normalizer) for w, mbs in zip(self.workers, self._split(items))])
+        return _sum_over_ranks(results)
+
+    def evaluate(self, objective: str, items: Sequence) -> dict:
+        """Forward-only pass over any number of items; metrics summed over ranks.
+
+        Ranks get near-equal shards; a rank with fewer micro-batches runs padding micro-batches
+        (a copy of the first item, metrics discarded) so that every rank makes the same number
+        of forward calls, which ZeRO-3's parameter gathering requires.
+        """
+        if not items:
+            raise ValueError("evaluate: no items")
+        n = self.cfg.num_ranks
+        per_rank = [micro_batches(list(items[r::n]), self.cfg.micro_batch_size) for r in range(n)]
+        most = max(len(m) for m in per_rank)
+        calls = []
+        for w, mbs in zip(self.workers, per_rank):
+            padding = most - len(mbs)
+            calls.append(w.evaluate.remote(objective, mbs + [[items[0]]] * padding, padding))
+        return _sum_over_ranks(ray.get(calls))
+
+    def save_model(self, path: str | Path, tokenizer_path: str | Path | None = None) -> None:
+        ray.get([w.save_model.remote(str(path), None if tokenizer_path is None else str(tokenizer_path)) for w in self.workers])
+
+    def save_checkpoint(self, directory: str | Path, tag: str) -> None:
+        ray.get([w.save_checkpoint.remote(str(directory), tag) for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        remove_placement_group(self.pg)
+
+
+def _sum_over_ranks(results: list[dict]) -> dict:
+    out: dict[str, float] = {}
+    for r in results:
+        for k, v in r.items():
+            if k in ("lr", "grad_norm"):  # identical on every rank
+                out[k] = v
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _worker_env() -> dict[str, str]:
+    keep = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env

@@ -1,0 +1,79 @@
+"""The data layer: read data files, format and tokenise them within length budgets, collate padded
+batches, and split them into seeded minibatches and per-rank shards.
+
+    load_sft / load_comparisons / load_prompts / load_texts   (readers.py; DataError on bad files)
+    format_prompt, encode_response, tokenize_sft / tokenize_comparisons / tokenize_prompts / tokenize_texts
+    collate_sft, collate_lm, collate_comparisons, token counts                        (collate.py)
+    minibatches, shard                                                               (sampling.py)
+
+Imports torch (and the models layer's padding helpers); pyarrow only when a Parquet file is read.
+Tokenizers are passed in (transformers' PreTrainedTokenizerFast or any object with the same calls).
+"""
+
+from rlhf_dist.data.collate import (
+    collate_comparisons,
+    collate_lm,
+    collate_sft,
+    lm_token_count,
+    ranked_prompt_count,
+    sft_token_count,
+    token_count,
+)
+from rlhf_dist.data.encode import (
+    TRUNCATION_MODES,
+    TokenizedComparison,
+    encode_response,
+    encode_responses,
+    format_prompt,
+    format_prompts,
+    has_chat_template,
+    tokenize_comparisons,
+    tokenize_prompts,
+    tokenize_sft,
+    tokenize_texts,
+    truncate_middle,
+)
+from rlhf_dist.data.readers import (
+    Comparison,
+    DataError,
+    SFTExample,
+    load_comparisons,
+    load_prompts,
+    load_records,
+    load_sft,
+    load_texts,
+)
+from rlhf_dist.data.sampling import epoch_permutation, minibatches, shard
+
+__all__ = [
+    "TRUNCATION_MODES",
+    "Comparison",
+    "DataError",
+    "SFTExample",
+    "TokenizedComparison",
+    "collate_comparisons",
+    "collate_lm",
+    "collate_sft",
+    "encode_response",
+    "encode_responses",
+    "epoch_permutation",
+    "format_prompt",
+    "format_prompts",
+    "has_chat_template",
+    "lm_token_count",
+    "load_comparisons",
+    "load_prompts",
+    "load_records",
+    "load_sft",
+    "load_texts",
+    "minibatches",
+    "ranked_prompt_count",
+    "sft_token_count",
+    "shard",
+    "token_count",
+    "tokenize_comparisons",
+    "tokenize_prompts",
+    "tokenize_sft",
+    "tokenize_texts",
+    "truncate_middle",
+]

@@ -1,0 +1,181 @@
+"""One learner rank: a model inside a DeepSpeed ZeRO engine, trained on micro-batches.
+
+The learner group (rlhf_dist.actors.learner_group) runs one `TrainEngine` per rank inside a Ray
+actor; pretraining, SFT, the reward model and (later) PPO all train through it. DeepSpeed is
+imported only when an engine is built.
+
+Batch arithmetic: global batch = micro_batch_size * grad_accum * num_ranks. The configs give the
+global batch and the micro-batch size; `grad_accum` is derived, and an inexact split is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhf_dist.algo.schedules import SCHEDULES, lr_multiplier
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata={"help": "AdamW betas"})
+    eps: float = field(default=1e-5, metadata={"help": "AdamW eps (1e-5: 37 PPO details #3, N+)"})
+    schedule: str = field(default="cosine", metadata={"help": "cosine | linear | constant"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr / peak lr (InstructGPT RM: cosine to 10%)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "global grad-norm clip (0: off)"})
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule={self.schedule!r}: expected one of {SCHEDULES}")
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas needs two numbers, got {self.betas}")
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = field(default=1, metadata={"help": "data-parallel learner ranks (Ray actors)"})
+    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage 0-3"})
+    dtype: str = field(default="fp32", metadata={"help": "fp32 (CPU) | bf16 (GPU)"})
+    micro_batch_size: int = field(default=8, metadata={"help": "sequences (or prompts) per forward pass per rank"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    offload_optimizer: bool = field(default=False, metadata={"help": "ZeRO optimizer state in CPU memory (GPU runs)"})
+    cpus_per_rank: float = field(default=1.0, metadata={"help": "Ray CPUs reserved per rank"})
+    gpus_per_rank: float = field(default=0.0, metadata={"help": "Ray GPUs per rank (1 on GPU clusters)"})
+    torch_threads: int = field(default=1, metadata={"help": "torch intra-op threads per rank on CPU"})
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"learner.zero_stage={self.zero_stage}: expected 0, 1, 2 or 3")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"learner.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if self.num_ranks < 1 or self.micro_batch_size < 1:
+            raise ValueError("learner.num_ranks and learner.micro_batch_size must be >= 1")
+
+
+def grad_accum_steps(global_batch: int, micro_batch_size: int, num_ranks: int) -> int:
+    """Gradient-accumulation steps so that micro * accum * ranks == global batch, exactly."""
+    per_step = micro_batch_size * num_ranks
+    if global_batch % per_step:
+        raise ValueError(
+            f"batch size {global_batch} is not divisible by micro_batch_size {micro_batch_size} x "
+            f"num_ranks {num_ranks} = {per_step}"
+        )
+    return global_batch // per_step
+
+
+def deepspeed_config(cfg: LearnerConfig, optim: OptimConfig, global_batch: int) -> dict:
+    """The DeepSpeed JSON config for one learner."""
+    accum = grad_accum_steps(global_batch, cfg.micro_batch_size, cfg.num_ranks)
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        # We pass torch's AdamW: no fused-Adam JIT build on CPU (stack-facts), same math everywhere.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+class TrainEngine:
+    """A model wrapped by `deepspeed.initialize`, with AdamW and a warm-up + decay schedule.
+
+    `micro_step(loss)` back-propagates one micro-batch; DeepSpeed applies the optimizer at the
+    accumulation boundary (and divides each micro-batch loss by the accumulation steps, which
+    the objectives' normalisers account for: see rlhf_dist.algo.losses.global_normalizer).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, optim: OptimConfig, global_batch: int, total_steps: int):
+        import deepspeed
+
+        if cfg.gradient_checkpointing:
+            hf = getattr(model, "hf", model)
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.cfg, self.optim_cfg = cfg, optim
+        self.grad_accum = grad_accum_steps(global_batch, cfg.micro_batch_size, cfg.num_ranks)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay, adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+        # We step the schedule ourselves, exactly once per optimizer step (at the accumulation
+        # boundary), so the learning rate never depends on how the engine counts micro-steps.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_multiplier(step, total_steps, optim.warmup_steps, optim.schedule, optim.min_lr_ratio),
+        )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, optim, global_batch),
+        )
+        self.model = self.engine.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def micro_step(self, loss: torch.Tensor) -> None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        self.engine.step()  # applies the optimizer only at the accumulation boundary
+        if boundary:
+            self.scheduler.step()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full (unsharded) state dict on rank 0, None elsewhere. Every rank must call it.
+
+        Under ZeRO-3 the parameters are gathered one at a time, so no rank holds a second full
+        copy of the model besides rank 0's output.
+        """
+        import deepspeed
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        out: dict[str, torch.Tensor] | None = {} if rank == 0 else None
+        for name, param in self.model.named_parameters():
+            if self.cfg.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    if out is not None:
+                        out[name] = param.detach().to("cpu", copy=True)
+            elif out is not None:
+                out[name] = param.detach().to("cpu", copy=True)
+        if out is not None:  # buffers (e.g. rotary caches) are replicated on every rank
+            for name, buf in self.model.named_buffers():
+                out.setdefault(name, buf.detach().to("cpu", copy=True))
+        return out
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        """A DeepSpeed (sharded, resumable) checkpoint. Every rank must call it."""
+        self.engine.save_checkpoint(directory, tag=tag)
+
+
+def set_rank_environment(rank: int, world_size: int, master_addr: str, master_port: int, local_rank: int = 0) -> None:
+    """All five variables DeepSpeed needs without a launcher (with one missing it tries mpi4py)."""
+    os.environ.update(
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+    )

@@ -1,0 +1,116 @@
+"""What a learner rank computes on one micro-batch, for each training stage.
+
+An objective bundles: how to collate tokenised items into tensors, how many units (tokens or
+prompts) the loss averages over, and the loss itself. The loss is normalised by the GLOBAL unit
+count of the optimizer step, so summing micro-batch gradients over accumulation steps and ranks
+gives exactly the gradient of the full-batch mean (ppo-details item 32).
+
+Each loss returns (loss to back-propagate, sums for metrics): sums are additive over
+micro-batches and ranks, so the driver reports exact means whatever the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_dist.algo import lm_loss, masked_sum, pairwise_accuracy, ranking_loss
+from rlhf_dist.data.collate import (
+    collate_comparisons,
+    collate_lm,
+    collate_sft,
+    lm_token_count,
+    ranked_prompt_count,
+    sft_token_count,
+)
+from rlhf_dist.models.forward import response_logits
+from rlhf_dist.models.scalar import reward_from_values
+
+
+@dataclass(frozen=True)
+class Objective:
+    collate: Callable  # (items, pad_id) -> batch
+    count: Callable  # (items) -> float: loss units in these items
+    loss: Callable  # (model, batch, normalizer) -> (loss, {name: sum})
+    model_kind: str  # "causal_lm" or "scalar"
+
+
+def _to(batch, device):
+    if hasattr(batch, "to") and not isinstance(batch, dict):
+        return batch.to(device)
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def lm_objective_loss(model, batch: dict, normalizer: float):
+    """Next-token NLL over all real tokens (pretraining, and the ptx term of PPO-ptx)."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"], use_cache=False,
+    ).logits
+    nll = lm_loss(logits, batch["labels"], batch["loss_mask"])
+    nll_sum = masked_sum(nll, batch["loss_mask"])
+    return nll_sum / normalizer, {"nll_sum": nll_sum.item(), "tokens": float(batch["loss_mask"].sum())}
+
+
+def sft_objective_loss(model, batch, normalizer: float):
+    """NLL of the response tokens only (EOS included); prompt tokens carry no loss."""
+    logits = response_logits(model, batch)
+    nll = lm_loss(logits, batch.response_ids, batch.response_mask)
+    nll_sum = masked_sum(nll, batch.response_mask)
+    return nll_sum / normalizer, {"nll_sum": nll_sum.item(), "tokens": float(batch.response_mask.sum())}
+
+
+def rm_objective_loss(model, batch: dict, normalizer: float):
+    """InstructGPT's ranking loss: every response forwarded once, all C(K,2) pairs of a prompt together."""
+    # Call forward (the per-token values), not .reward(): under ZeRO-3 the DeepSpeed engine must
+    # run the forward pass itself.
+    values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    rewards = reward_from_values(values, batch["attention_mask"])
+    scores = rewards[batch["index"]]  # (B, Kmax)
+    prompts = float(ranked_prompt_count(batch))
+    loss_mean = ranking_loss(scores, batch["ranks"], batch["valid"])
+    with torch.no_grad():
+        weights = (batch["ranks"].unsqueeze(2) < batch["ranks"].unsqueeze(1)) & batch["valid"].unsqueeze(2) & batch["valid"].unsqueeze(1)
+        pairs = float(weights.sum())
+        accuracy = pairwise_accuracy(scores, batch["ranks"], batch["valid"]).item()
+    return loss_mean * prompts / normalizer, {
+        "loss_sum": loss_mean.item() * prompts,
+        "prompts": prompts,
+        "correct_pairs": accuracy * pairs,
+        "pairs": pairs,
+        "reward_sum": float(rewards.sum()),
+        "reward_sq_sum": float((rewards**2).sum()),
+        "responses": float(rewards.numel()),
+    }
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "lm": Objective(collate_lm, lm_token_count, lm_objective_loss, "causal_lm"),
+    "sft": Objective(collate_sft, sft_token_count, sft_objective_loss, "causal_lm"),
+    "rm": Objective(collate_comparisons, ranked_prompt_count, rm_objective_loss, "scalar"),
+}
+
+
+def run_micro_batches(
+    objective: Objective, model, items_per_micro: Sequence[Sequence], pad_id: int, normalizer: float, device, backward: Callable | None
+) -> dict[str, float]:
+    """Forward (and backward, if given) every micro-batch; returns the summed metrics.
+
+    `model` is the DeepSpeed engine (or any module): losses call it, never a submodule, because
+    under ZeRO-3 the engine's own forward coordinates parameter gathering and gradient
+    accumulation (calling engine.module directly gave wrong updates with accumulation).
+    """
+    sums: dict[str, float] = {}
+    for items in items_per_micro:
+        batch = _to(objective.collate(items, pad_id), device)
+        if backward is None:
+            with torch.no_grad():
+                loss, stats = objective.loss(model, batch, normalizer)
+        else:
+            loss, stats = objective.loss(model, batch, normalizer)
+            backward(loss)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return sums
