@@ -3,6 +3,7 @@
     rlhf-dist demo [--config FILE] [key=value ...]          what `make demo` runs
     rlhf-dist task-data --out DIR [key=value ...]           write a task's data files for a seed
     rlhf-dist build-model --out DIR [key=value ...]         tokenizer + random-init tiny Llama from a task corpus
+    rlhf-dist pretrain | sft | rm --out DIR [key=value ...]  train a stage on the DeepSpeed learner group
     rlhf-dist version
 
 Every command takes `key=value` overrides of its typed config; unknown keys are rejected.
@@ -12,14 +13,18 @@ Errors in input print one line (naming the file, line or key) and exit with stat
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rlhf_dist import __version__
 
 COMMANDS = {
-    "demo": ("rlhf_dist.recipes.demo", "run the part of the pipeline that exists today, on CPU"),
-    "task-data": ("rlhf_dist.tasks.generate", "write a task's data files (corpus, demonstrations, prompts, rankings)"),
-    "build-model": ("rlhf_dist.recipes.build_model", "train a tokenizer on a task corpus and save a random-init tiny Llama"),
+    "demo": ("rlhf_dist.recipes.demo:main", "run the part of the pipeline that exists today, on CPU"),
+    "task-data": ("rlhf_dist.tasks.generate:main", "write a task's data files (corpus, demonstrations, prompts, rankings)"),
+    "build-model": ("rlhf_dist.recipes.build_model:main", "train a tokenizer on a task corpus and save a random-init tiny Llama"),
+    "pretrain": ("rlhf_dist.recipes.stages:pretrain_main", "train the base LM on a corpus (learner group, DeepSpeed)"),
+    "sft": ("rlhf_dist.recipes.stages:sft_main", "supervised fine-tuning on demonstrations (response tokens only)"),
+    "rm": ("rlhf_dist.recipes.stages:rm_main", "reward model on K-way rankings (all C(K,2) pairs per prompt)"),
 }
 
 
@@ -45,11 +50,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlhf_dist.config import ConfigError
 
-    module = importlib.import_module(COMMANDS[ns.command][0])
+    from rlhf_dist.data import DataError
+    from rlhf_dist.tasks.base import TaskSpecError
+
+    module_name, function = COMMANDS[ns.command][0].split(":")
+    entry = getattr(importlib.import_module(module_name), function)
     try:
-        return int(module.main(argv[1:]) or 0)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"rlhf-dist {ns.command}: error: {e}", file=sys.stderr)
+        return int(entry(argv[1:]) or 0)
+    except (ConfigError, DataError, TaskSpecError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("RLHF_DIST_DEBUG"):
+            raise
+        print(f"rlhf-dist {ns.command}: error: {e} (RLHF_DIST_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rlhf-dist {ns.command}: interrupted", file=sys.stderr)

@@ -105,13 +105,25 @@ def _build(cls: type[T], data: dict, prefix: str, where_of) -> T:
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where_of(dotted)}: '{dotted}' is a section; expected a mapping, got {value!r}")
-            kwargs[key] = _build(tp, value, dotted + ".", where_of)
+            # Start from this class's default for the section (a subclass may set its own), so
+            # overriding one nested key keeps the other defaults.
+            default = _field_default(fields[key])
+            base = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
+            kwargs[key] = _build(tp, _merge(base, value), dotted + ".", where_of)
         else:
             kwargs[key] = _check_type(value, tp, f"{where_of(dotted)}: '{dotted}'")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # __post_init__ validation
         raise ConfigError(f"{where_of(prefix.rstrip('.') or '<root>')}: {e}") from None
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict, dict[str, str]]:
@@ -188,19 +200,31 @@ def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def describe_fields(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every leaf field; help comes from field metadata["help"]."""
+def describe_fields(cls, prefix: str = "", instance=None) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every leaf field; help comes from field metadata["help"].
+
+    Defaults are read from `instance` when given (a section's default instance, which a subclass
+    may set with its own values), else from the field declarations.
+    """
     rows = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            rows += describe_fields(hint, f"{prefix}{f.name}.")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        )
-        rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+        default = getattr(instance, f.name) if instance is not None else _field_default(f)
+        if dataclasses.is_dataclass(hints[f.name]):
+            section = default if dataclasses.is_dataclass(default) else None
+            rows += describe_fields(hints[f.name], f"{prefix}{f.name}.", section)
+        else:
+            rows.append((f"{prefix}{f.name}", default, _help(cls, f.name)))
     return rows
+
+
+def _help(cls, name: str) -> str:
+    """A field's help, inherited from a base class when a subclass only changes the default."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get("help"):
+            return f.metadata["help"]
+    return ""
 
 
 def parse_cli(cls: type[T], argv: list[str], prog: str, description: str) -> T:

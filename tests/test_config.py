@@ -92,3 +92,15 @@ def test_parse_cli_out_shorthand_and_config(tmp_path):
     path.write_text("seed: 4\n")
     cfg = parse_cli(WithOut, ["--config", str(path), "--out", "runs/y", "seed=5"], "prog", "doc")
     assert cfg == WithOut(out="runs/y", seed=5)
+
+
+def test_subclass_section_defaults_survive_a_nested_override():
+    @dataclass
+    class Tuned(Cfg):
+        optim: Optim = field(default_factory=lambda: Optim(lr=0.5, warmup=99))
+
+    cfg = load_config(Tuned, None, ["optim.warmup=3"])
+    assert cfg.optim == Optim(lr=0.5, warmup=3), "overriding one key must keep the subclass's other defaults"
+    from rlhf_dist.config import describe_fields
+
+    assert ("optim.lr", 0.5, "") in describe_fields(Tuned)

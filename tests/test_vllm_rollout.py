@@ -14,13 +14,9 @@ from rlhf_dist.models import load_causal_lm, pad_prompt_response, response_logpr
 def engine(tiny_model_dir):
     # In-process engine core: starts in seconds instead of ~15 s (stack-facts).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    threads = torch.get_num_threads()
     from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
 
-    eng = VLLMRolloutEngine(str(tiny_model_dir), seed=0, max_model_len=128)
-    yield eng
-    del eng
-    torch.set_num_threads(threads)  # vLLM lowers the process's torch threads for serving
+    yield VLLMRolloutEngine(str(tiny_model_dir), seed=0, max_model_len=128)
 
 
 def _prompts(tok):

@@ -21,6 +21,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlhf_dist.data.sampling import shard
 from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, grad_accum_steps
 
 
@@ -142,14 +143,6 @@ def _has_cuda() -> bool:
         return False
 
 
-def shard(items: Sequence, world_size: int) -> list[list]:
-    """Equal contiguous shards, one per rank (the global batch must divide)."""
-    if len(items) % world_size:
-        raise ValueError(f"global batch of {len(items)} does not split over {world_size} ranks")
-    n = len(items) // world_size
-    return [list(items[r * n : (r + 1) * n]) for r in range(world_size)]
-
-
 def micro_batches(items: Sequence, micro_batch_size: int) -> list[list]:
     return [list(items[i : i + micro_batch_size]) for i in range(0, len(items), micro_batch_size)]
 
@@ -173,7 +166,7 @@ class LearnerGroup:
                 num_gpus=cfg.gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=r),
                 runtime_env={"env_vars": _worker_env()},
-            ).remote(r, cfg.num_ranks, cfg.torch_threads)
+            ).remote(r, cfg.num_ranks, cfg.torch_threads or max(1, int(cfg.cpus_per_rank)))
             for r in range(cfg.num_ranks)
         ]
         addr, port = ray.get(self.workers[0].address.remote())
@@ -181,7 +174,8 @@ class LearnerGroup:
         self.info = ray.get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
 
     def _split(self, items: Sequence) -> list[list[list]]:
-        return [micro_batches(s, self.cfg.micro_batch_size) for s in shard(items, self.cfg.num_ranks)]
+        n = self.cfg.num_ranks
+        return [micro_batches(list(shard(items, r, n)), self.cfg.micro_batch_size) for r in range(n)]
 
     def train_step(self, objective: str, items: Sequence) -> dict:
         """One optimizer step on a global batch of tokenised items; metrics summed over ranks."""

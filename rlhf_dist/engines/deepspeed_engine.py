@@ -48,7 +48,7 @@ class LearnerConfig:
     offload_optimizer: bool = field(default=False, metadata={"help": "ZeRO optimizer state in CPU memory (GPU runs)"})
     cpus_per_rank: float = field(default=1.0, metadata={"help": "Ray CPUs reserved per rank"})
     gpus_per_rank: float = field(default=0.0, metadata={"help": "Ray GPUs per rank (1 on GPU clusters)"})
-    torch_threads: int = field(default=1, metadata={"help": "torch intra-op threads per rank on CPU"})
+    torch_threads: int = field(default=0, metadata={"help": "torch threads per rank on CPU (0: cpus_per_rank)"})
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -160,14 +160,23 @@ class TrainEngine:
                         out[name] = param.detach().to("cpu", copy=True)
             elif out is not None:
                 out[name] = param.detach().to("cpu", copy=True)
-        if out is not None:  # buffers (e.g. rotary caches) are replicated on every rank
-            for name, buf in self.model.named_buffers():
+        if out is not None:  # persistent buffers are replicated on every rank
+            for name, buf in _persistent_buffers(self.model):
                 out.setdefault(name, buf.detach().to("cpu", copy=True))
         return out
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         """A DeepSpeed (sharded, resumable) checkpoint. Every rank must call it."""
         self.engine.save_checkpoint(directory, tag=tag)
+
+
+def _persistent_buffers(model: torch.nn.Module):
+    """Buffers that belong in a checkpoint (not e.g. rotary caches registered persistent=False,
+    which vLLM's loader rejects)."""
+    for module_name, module in model.named_modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:
+                yield (f"{module_name}.{name}" if module_name else name), buf
 
 
 def set_rank_environment(rank: int, world_size: int, master_addr: str, master_port: int, local_rank: int = 0) -> None:

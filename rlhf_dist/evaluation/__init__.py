@@ -1,0 +1,1 @@
+"""Evaluation against the task's hidden gold scorer (the simulated labeler)."""
