@@ -1,6 +1,7 @@
 """Layering: a lower layer never imports a higher one (design.md).
 
-algo (torch only) <- models (transformers) <- engines (vllm, deepspeed: lazily) <- recipes/cli.
+algo (torch only) <- models (transformers) <- data <- buffer (pyarrow) <- engines (vllm, deepspeed:
+lazily) <- actors (ray) <- recipes/cli.
 The task plug-ins (the simulated labeler) need only the standard library.
 Each check imports a module in a fresh interpreter and lists the heavy modules that got loaded.
 """
@@ -22,6 +23,8 @@ ALLOWED = {
     "rlhf_dist.tasks.instruct": set(),
     "rlhf_dist.tasks.labeler": set(),
     "rlhf_dist.models": {"torch", "transformers"},
+    "rlhf_dist.data": {"torch"},
+    "rlhf_dist.buffer": {"torch", "pyarrow"},
     "rlhf_dist.engines.vllm_rollout": {"torch"},
     "rlhf_dist.cli": set(),
 }

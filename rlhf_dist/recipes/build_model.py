@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
-from rlhf_dist.recipes.common import read_jsonl
 
 
 @dataclass
@@ -24,13 +23,14 @@ class BuildModelConfig:
 
 
 def build_model(cfg: BuildModelConfig) -> Path:
+    from rlhf_dist.data import load_texts
     from rlhf_dist.models import TINY_SIZES, save_tiny_model
 
     if cfg.size not in TINY_SIZES:
         raise ValueError(f"size={cfg.size!r}: expected one of {sorted(TINY_SIZES)}")
     if not cfg.data:
         raise ValueError("data=: give the task-data folder (write one with `rlhf-dist task-data --out DIR`)")
-    texts = read_jsonl(Path(cfg.data) / "pretrain.jsonl", field="text")
+    texts = load_texts(Path(cfg.data) / "pretrain.jsonl")
     out = save_tiny_model(cfg.out, texts, TINY_SIZES[cfg.size], vocab_size=cfg.vocab_size, seed=cfg.seed)
     (out / "rlhf_dist_build.json").write_text(json.dumps(asdict(cfg), indent=2))
     return out
