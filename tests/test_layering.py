@@ -26,6 +26,7 @@ ALLOWED = {
     "rlhf_dist.data": {"torch"},
     "rlhf_dist.buffer": {"torch", "pyarrow"},
     "rlhf_dist.engines.vllm_rollout": {"torch"},
+    "rlhf_dist.engines.vllm_weight_sync": {"torch"},
     "rlhf_dist.cli": set(),
 }
 

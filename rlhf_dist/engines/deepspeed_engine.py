@@ -142,32 +142,49 @@ class TrainEngine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The full (unsharded) state dict on rank 0, None elsewhere. Every rank must call it.
-
-        Under ZeRO-3 the parameters are gathered one at a time, so no rank holds a second full
-        copy of the model besides rank 0's output.
-        """
-        import deepspeed
+    def named_full_tensors(self):
+        """Yield (name, full tensor on CPU) on rank 0, one parameter at a time; nothing elsewhere.
+        EVERY rank must iterate to the end, in step (see `iter_full_tensors`)."""
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_initialized() else 0
-        out: dict[str, torch.Tensor] | None = {} if rank == 0 else None
-        for name, param in self.model.named_parameters():
-            if self.cfg.zero_stage == 3:
-                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    if out is not None:
-                        out[name] = param.detach().to("cpu", copy=True)
-            elif out is not None:
-                out[name] = param.detach().to("cpu", copy=True)
-        if out is not None:  # persistent buffers are replicated on every rank
-            for name, buf in _persistent_buffers(self.model):
-                out.setdefault(name, buf.detach().to("cpu", copy=True))
-        return out
+        return iter_full_tensors(self.model, self.cfg.zero_stage == 3, rank)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full (unsharded) state dict on rank 0, None elsewhere. Every rank must call it."""
+        import torch.distributed as dist
+
+        state = dict(self.named_full_tensors())
+        return state if (not dist.is_initialized() or dist.get_rank() == 0) else None
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         """A DeepSpeed (sharded, resumable) checkpoint. Every rank must call it."""
         self.engine.save_checkpoint(directory, tag=tag)
+
+
+def iter_full_tensors(model: torch.nn.Module, zero3: bool, rank: int):
+    """(name, full tensor on CPU) for every parameter and persistent buffer, yielded on rank 0 only.
+
+    Under ZeRO-3 each parameter is gathered, copied and yielded before the next, so rank 0 never
+    holds a second full model besides what the consumer keeps (weight sync sends it on in
+    buckets). Every rank must iterate to the end, in step: the gathers are collective.
+    """
+    names = set()
+    for name, param in model.named_parameters():
+        names.add(name)
+        if zero3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                tensor = param.detach().to("cpu", copy=True) if rank == 0 else None
+        else:
+            tensor = param.detach().to("cpu", copy=True) if rank == 0 else None
+        if tensor is not None:
+            yield name, tensor
+    if rank == 0:  # persistent buffers are replicated on every rank
+        for name, buf in _persistent_buffers(model):
+            if name not in names:
+                yield name, buf.detach().to("cpu", copy=True)
 
 
 def _persistent_buffers(model: torch.nn.Module):

@@ -20,6 +20,7 @@ class Rollout:
     response_ids: list[int]
     logprobs: list[float]
     finished_with_eos: bool
+    weight_version: int = 0  # the policy version whose weights sampled it (bumped by each weight push)
 
 
 class VLLMRolloutEngine:
@@ -51,6 +52,7 @@ class VLLMRolloutEngine:
             **llm_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.weight_version = 0  # set by rlhf_dist.engines.vllm_weight_sync.push_weights
 
     def generate(
         self,
@@ -88,5 +90,5 @@ class VLLMRolloutEngine:
             ids = list(completion.token_ids)
             # logprobs=0 returns exactly the sampled token's entry at every step.
             lps = [step[tok].logprob for step, tok in zip(completion.logprobs, ids)]
-            rollouts.append(Rollout(list(prompt), ids, lps, bool(ids) and ids[-1] == eos))
+            rollouts.append(Rollout(list(prompt), ids, lps, bool(ids) and ids[-1] == eos, self.weight_version))
         return rollouts

@@ -312,6 +312,7 @@ class ObjectStoreWeightSync:
                  max_inflight: int = 2):
         if not actors:
             raise ValueError("no actors")
+        # dtype: the engines' dtype (cast here, so a bf16 engine is not sent fp32 bytes).
         self.actors, self.bucket_bytes, self.dtype, self.max_inflight = list(actors), bucket_bytes, dtype, max_inflight
 
     def push(self, named_tensors: NamedTensors, version: int) -> dict:
@@ -396,7 +397,10 @@ class BroadcastWeightSync:
     The group: the learner is rank 0; actor i's workers are ranks 1 + i * workers_per_actor + w
     (workers_per_actor = the engines' tensor-parallel size). Per bucket the tensor metadata goes
     through Ray (`receive_weight_broadcast.remote`), the bytes through one broadcast of a flat
-    buffer (on the GPU with nccl: no host copy, no object store).
+    buffer (on the GPU with nccl: no host copy, no object store). One group per engine at a
+    time: creating another `BroadcastWeightSync` for an actor replaces the actor's group (the
+    old sender then fails with "connection closed"); change `bucket_bytes` on the instance
+    instead of creating a second one.
 
     backend="gloo" (CPU) is tested (tests/test_weight_sync.py). backend="nccl" is UNTESTED: it
     needs a GPU; the learner's CUDA device must be set (torch.cuda.set_device) before creating this.
@@ -467,42 +471,16 @@ def make_weight_sync(actors: Sequence, transport: str = "auto", **kwargs):
 
 
 def gathered_named_tensors(train_engine) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor on CPU) of a `TrainEngine`'s model, one parameter at a time.
+    """(name, full tensor on CPU) of a `TrainEngine`'s model, one parameter at a time, on rank 0.
 
-    Like `TrainEngine.full_state_dict` but streaming: under ZeRO-3 each parameter is gathered,
-    copied to CPU and yielded before the next is gathered, so rank 0 holds one bucket, not a
-    full second model. EVERY rank must iterate it to the end, in step (the gathers are
-    collective); only rank 0 gets tensors, the others get nothing:
+    EVERY rank must iterate it to the end, in step (ZeRO-3 gathers are collective); only rank 0
+    gets tensors:
 
         it = gathered_named_tensors(te)
         if rank == 0: sync.push(it, version)
         else: for _ in it: pass
     """
-    import torch.distributed as dist
-
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    yield from _gather_params(train_engine.model, train_engine.cfg.zero_stage == 3, rank)
-
-
-def _gather_params(model: torch.nn.Module, zero3: bool, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
-    from rlhf_dist.engines.deepspeed_engine import _persistent_buffers
-
-    names = set()
-    for name, param in model.named_parameters():
-        names.add(name)
-        if zero3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                tensor = param.detach().to("cpu", copy=True) if rank == 0 else None
-        else:
-            tensor = param.detach().to("cpu", copy=True) if rank == 0 else None
-        if tensor is not None:
-            yield name, tensor
-    if rank == 0:  # persistent buffers are replicated on every rank
-        for name, buf in _persistent_buffers(model):
-            if name not in names:
-                yield name, buf.detach().to("cpu", copy=True)
+    return train_engine.named_full_tensors()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,9 @@ class RunLog:
     def __init__(self, out: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.file = (out / "metrics.jsonl").open("a")
+        # A new run in an old folder starts its logs afresh (there is no resume yet).
+        shutil.rmtree(out / "tb", ignore_errors=True)
+        self.file = (out / "metrics.jsonl").open("w")
         self.tb = SummaryWriter(str(out / "tb"))
 
     def write(self, step: int, record: dict) -> None:
