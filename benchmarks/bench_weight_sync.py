@@ -34,7 +34,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -42,18 +41,10 @@ from pathlib import Path
 
 import torch
 
+from rlhf_dist.models.tiny import toy_corpus
 from _bench_utils import emit, environment, log, summarize, table, time_interleaved
 
-WORDS = (
-    "the a cat dog bird sat ran on under mat box cup red blue green one two three four five "
-    "list count avoid facts question answer is are and not"
-).split()
 MiB = 2**20
-
-
-def toy_corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
 
 
 def build_models(tmp: Path) -> tuple[Path, Path]:

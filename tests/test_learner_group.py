@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import toy_corpus
+from rlhf_dist.models.tiny import toy_corpus
 
 ray = pytest.importorskip("ray")
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from rlhf_dist.engines.vllm_weight_sync import bucketize, fused_group_key
-from tests.conftest import toy_corpus
+from rlhf_dist.models.tiny import toy_corpus
 
 NEW_TOKENS = 16
 BUCKET_BYTES = 256 * 1024  # the tiny model is ~2 MB: about 8 buckets

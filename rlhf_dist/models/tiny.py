@@ -33,6 +33,20 @@ TINY_SIZES = {
 }
 
 
+TOY_WORDS = (
+    "the a cat dog bird sat ran on under mat box cup red blue green one two three four five "
+    "list count avoid facts question answer is are and not"
+).split()
+
+
+def toy_corpus(n: int = 2000, seed: int = 0) -> list[str]:
+    """Random sentences over a small vocabulary: tokenizer training text for tests and benchmarks."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(TOY_WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
+
+
 def build_tiny_causal_lm(tokenizer, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0):
     """A random-init LlamaForCausalLM sized by `spec`, with the tokenizer's special ids, dropout 0.
 
