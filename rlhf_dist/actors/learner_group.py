@@ -179,14 +179,14 @@ class LearnerGroup:
 
     def train_step(self, objective: str, items: Sequence) -> dict:
         """One optimizer step on a global batch of tokenised items; metrics summed over ranks."""
+        from rlhf_dist.algo.losses import global_normalizer
         from rlhf_dist.engines.objectives import OBJECTIVES
 
         if len(items) != self.global_batch:
             raise ValueError(f"train_step needs the global batch of {self.global_batch} items, got {len(items)}")
         # DeepSpeed averages gradients over ranks and divides each micro-batch loss by the
         # accumulation steps: the normaliser undoes both (rlhf_dist.algo.losses.global_normalizer).
-        count = OBJECTIVES[objective].count(items)
-        normalizer = count / (self.cfg.num_ranks * self.grad_accum)
+        normalizer = global_normalizer(OBJECTIVES[objective].count(items), self.cfg.num_ranks, self.grad_accum)
         results = ray.get([w.train_step.remote(objective, mbs, normalizer) for w, mbs in zip(self.workers, self._split(items))])
         return _sum_over_ranks(results)
 

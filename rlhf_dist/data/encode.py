@@ -55,7 +55,7 @@ def _messages(prompt: Prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def _prompt_text(prompt: Prompt) -> str:
+def prompt_text(prompt: Prompt) -> str:
     """The plain-text prompt of the pretraining format: the string, or the contents of the
     messages joined by the separator (one line per turn, as pairs are written in pretraining)."""
     if isinstance(prompt, str):
@@ -73,7 +73,7 @@ def format_prompts(tokenizer, prompts: Sequence[Prompt]) -> list[list[int]]:
         ]
         # The template writes its own special tokens (BOS...): do not add them a second time.
         return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    texts = [_prompt_text(p) + RESPONSE_SEPARATOR for p in prompts]
+    texts = [prompt_text(p) + RESPONSE_SEPARATOR for p in prompts]
     return [list(ids) for ids in tokenizer(texts)["input_ids"]]
 
 

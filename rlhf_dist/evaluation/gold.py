@@ -32,13 +32,13 @@ def sample_responses(model_dir: str, prompt_ids: Sequence[Sequence[int]], temper
 def gold_of_samples(model_dir: str, prompts: Sequence, task, temperature: float = 0.7, max_new_tokens: int = 48,
                     seed: int = 0) -> dict:
     """Mean gold score, EOS rate and mean length of one sample per prompt, plus the samples."""
-    from rlhf_dist.data import format_prompts
+    from rlhf_dist.data import format_prompts, prompt_text
     from rlhf_dist.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     rollouts = sample_responses(model_dir, format_prompts(tok, prompts), temperature, max_new_tokens, seed)
     texts = [tok.decode(r.response_ids, skip_special_tokens=True) for r in rollouts]
-    gold = [float(task.gold_score(p if isinstance(p, str) else p[-1]["content"], t)) for p, t in zip(prompts, texts)]
+    gold = [float(task.gold_score(prompt_text(p), t)) for p, t in zip(prompts, texts)]
     return {
         "gold_mean": sum(gold) / len(gold),
         "eos_rate": sum(r.finished_with_eos for r in rollouts) / len(rollouts),

@@ -149,11 +149,11 @@ def labeler_ceiling(comparisons, task) -> float:
     """Accuracy of the hidden gold scorer itself against the (noisy) recorded rankings: the best
     pairwise accuracy any reward model can expect on these labels. Gold ties count one half."""
     from rlhf_dist.algo import ranks_from_ordering
+    from rlhf_dist.data import prompt_text
 
     correct = total = 0.0
     for c in comparisons:
-        prompt = c.prompt if isinstance(c.prompt, str) else c.prompt[-1]["content"]
-        gold = [task.gold_score(prompt, r) for r in c.responses]
+        gold = [task.gold_score(prompt_text(c.prompt), r) for r in c.responses]
         ranks = ranks_from_ordering(c.ranking)
         for i in range(len(gold)):
             for j in range(len(gold)):
