@@ -4,6 +4,7 @@
     rlhf-dist task-data --out DIR [key=value ...]           write a task's data files for a seed
     rlhf-dist build-model --out DIR [key=value ...]         tokenizer + random-init tiny Llama from a task corpus
     rlhf-dist pretrain | sft | rm --out DIR [key=value ...]  train a stage on the DeepSpeed learner group
+    rlhf-dist ppo --config FILE [key=value ...]             PPO(-ptx) on Ray: rollout, reward, reference, learner
     rlhf-dist version
 
 Every command takes `key=value` overrides of its typed config; unknown keys are rejected.
@@ -25,6 +26,7 @@ COMMANDS = {
     "pretrain": ("rlhf_dist.recipes.stages:pretrain_main", "train the base LM on a corpus (learner group, DeepSpeed)"),
     "sft": ("rlhf_dist.recipes.stages:sft_main", "supervised fine-tuning on demonstrations (response tokens only)"),
     "rm": ("rlhf_dist.recipes.stages:rm_main", "reward model on K-way rankings (all C(K,2) pairs per prompt)"),
+    "ppo": ("rlhf_dist.recipes.ppo:ppo_main", "PPO(-ptx): vLLM rollout workers, reward/reference actors, DeepSpeed learner"),
 }
 
 

@@ -72,15 +72,11 @@ class LearnerWorker:
 
     def setup(self, master_addr: str, master_port: int, spec: ModelSpec, cfg: LearnerConfig, optim: OptimConfig,
               global_batch: int, total_steps: int, pad_id: int) -> dict:
-        import deepspeed
         import torch
 
-        from rlhf_dist.engines.deepspeed_engine import TrainEngine, set_rank_environment
+        from rlhf_dist.engines.deepspeed_engine import TrainEngine
 
-        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so the local rank is always 0.
-        set_rank_environment(self.rank, self.world_size, master_addr, master_port, local_rank=0)
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
+        backend = self._init_distributed(master_addr, master_port)
         torch.manual_seed(spec.seed)
         model = load_model(spec)
         self.kind = spec.kind
@@ -88,6 +84,20 @@ class LearnerWorker:
         self.engine = TrainEngine(model, cfg, optim, global_batch, total_steps)
         return {"rank": self.rank, "params": sum(p.numel() for p in model.parameters()),
                 "grad_accum": self.engine.grad_accum, "backend": backend}
+
+    def _init_distributed(self, master_addr: str, master_port: int) -> str:
+        import deepspeed
+        import torch
+
+        from rlhf_dist.engines.deepspeed_engine import set_rank_environment
+
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so the local rank is always 0.
+        set_rank_environment(self.rank, self.world_size, master_addr, master_port, local_rank=0)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(0)
+        deepspeed.init_distributed(dist_backend=backend)
+        return backend
 
     def train_step(self, objective_name: str, micro_batches: Sequence[Sequence], normalizer: float) -> dict:
         from rlhf_dist.engines.objectives import OBJECTIVES, run_micro_batches
@@ -113,12 +123,14 @@ class LearnerWorker:
         run_micro_batches(objective, self.engine.engine, micro_batches[real:], self.pad_id, 1.0, self.engine.device, None)
         return sums
 
-    def save_model(self, path: str, tokenizer_path: str | None) -> bool:
-        """Gather the full weights (from ZeRO-3 shards if need be) and write an HF folder on rank 0."""
-        state = self.engine.full_state_dict()
+    def save_model(self, path: str, tokenizer_path: str | None, which: str = "engine") -> bool:
+        """Gather the full weights (from ZeRO-3 shards if need be) and write an HF folder on rank 0.
+        `which`: the attribute holding the TrainEngine ("engine"; PPO: "policy" or "critic")."""
+        train_engine = getattr(self, which)
+        state = train_engine.full_state_dict()
         if state is None:
             return False
-        model = self.engine.model
+        model = train_engine.model
         hf = getattr(model, "hf", model)  # ScalarHeadModel keeps the HF model under .hf
         if hf is not model:
             state = {k.removeprefix("hf."): v for k, v in state.items()}
@@ -154,13 +166,20 @@ class LearnerGroup:
                  total_steps: int, pad_id: int) -> None:
         self.cfg, self.global_batch = cfg, global_batch
         self.grad_accum = grad_accum_steps(global_batch, cfg.micro_batch_size, cfg.num_ranks)
+        self.workers = self._spawn(LearnerWorker, cfg)
+        addr, port = ray.get(self.workers[0].address.remote())
+        # All ranks must join the rendezvous at once: call setup on every worker before waiting.
+        self.info = ray.get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
+
+    def _spawn(self, worker_cls, cfg: LearnerConfig) -> list:
+        """A placement group with one bundle per rank, and one actor per rank in its bundle."""
         bundle = {"CPU": cfg.cpus_per_rank}
         if cfg.gpus_per_rank:
             bundle["GPU"] = cfg.gpus_per_rank
         self.pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy="PACK")
         ray.get(self.pg.ready(), timeout=300)
-        actor = ray.remote(LearnerWorker)
-        self.workers = [
+        actor = ray.remote(worker_cls)
+        return [
             actor.options(
                 num_cpus=cfg.cpus_per_rank,
                 num_gpus=cfg.gpus_per_rank,
@@ -169,9 +188,6 @@ class LearnerGroup:
             ).remote(r, cfg.num_ranks, cfg.torch_threads or max(1, int(cfg.cpus_per_rank)))
             for r in range(cfg.num_ranks)
         ]
-        addr, port = ray.get(self.workers[0].address.remote())
-        # All ranks must join the rendezvous at once: call setup on every worker before waiting.
-        self.info = ray.get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
 
     def _split(self, items: Sequence) -> list[list[list]]:
         n = self.cfg.num_ranks

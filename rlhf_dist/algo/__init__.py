@@ -7,6 +7,7 @@ Conventions (see ../shared/notes/ppo-details.md):
 - Everything here imports torch and nothing else from the stack (a test enforces it).
 """
 
+from rlhf_dist.algo.advantages import PPOTargets, RunningMoments, explained_variance, ppo_targets
 from rlhf_dist.algo.gae import gae_advantages
 from rlhf_dist.algo.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
 from rlhf_dist.algo.logprobs import entropy_from_logits, logprobs_from_logits
@@ -17,6 +18,10 @@ from rlhf_dist.algo.schedules import lr_multiplier
 from rlhf_dist.algo.rewards import last_token_index, response_mask_after_eos, token_level_rewards
 
 __all__ = [
+    "PPOTargets",
+    "RunningMoments",
+    "explained_variance",
+    "ppo_targets",
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate_loss",

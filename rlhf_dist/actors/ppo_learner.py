@@ -1,0 +1,172 @@
+"""The PPO learner group: M ranks (the same Ray actors and process group as the pretrain/SFT/RM
+learner group), each holding two DeepSpeed engines: the policy (from SFT) and the critic (from
+the RM, InstructGPT C.4).
+
+The driver hands the group Arrow tables; the group declares the split once: rows go to ranks in
+contiguous equal parts, each part in micro-batches of `learner.micro_batch_size`. Rank 0 also
+pushes the policy's weights to the rollout workers (gathered one parameter at a time under ZeRO-3,
+in buckets, with a version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from rlhf_dist.actors.learner_group import LearnerGroup, LearnerWorker, ModelSpec, load_model
+from rlhf_dist.buffer import balanced_bounds
+from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, grad_accum_steps
+from rlhf_dist.engines.ppo import PPOLossConfig
+
+
+class PPOLearnerWorker(LearnerWorker):
+    """One rank: policy + critic engines; forward passes, PPO micro-steps, weight push."""
+
+    def setup_ppo(self, master_addr: str, master_port: int, policy: ModelSpec, critic: ModelSpec, cfg: LearnerConfig,
+                  policy_optim: OptimConfig, critic_optim: OptimConfig, minibatch_size: int, total_steps: int,
+                  pad_id: int, loss_cfg: PPOLossConfig) -> dict:
+        import torch
+
+        from rlhf_dist.engines.deepspeed_engine import TrainEngine
+
+        backend = self._init_distributed(master_addr, master_port)
+        torch.manual_seed(policy.seed)
+        self.pad_id, self.loss_cfg = pad_id, loss_cfg
+        self.policy = TrainEngine(load_model(policy), cfg, policy_optim, minibatch_size, total_steps)
+        self.critic = TrainEngine(load_model(critic), cfg, critic_optim, minibatch_size, total_steps)
+        self.sync = None
+        return {"rank": self.rank, "backend": backend, "grad_accum": self.policy.grad_accum,
+                "policy_params": sum(p.numel() for p in self.policy.model.parameters()),
+                "critic_params": sum(p.numel() for p in self.critic.model.parameters())}
+
+    def forward_old(self, micro_tables: Sequence[pa.Table], n_padding: int = 0):
+        """(old log-probs, values, entropy) list arrays of the real micro-batches; the last
+        `n_padding` ones only keep ZeRO-3's collective forwards in step across ranks."""
+        from rlhf_dist.engines.ppo import old_logprobs_and_values
+
+        self.policy.engine.eval()
+        self.critic.engine.eval()
+        real = len(micro_tables) - n_padding
+        out = old_logprobs_and_values(self.policy.engine, self.critic.engine, micro_tables[:real], self.pad_id,
+                                      self.loss_cfg.temperature, self.policy.device) if real else None
+        if n_padding:
+            old_logprobs_and_values(self.policy.engine, self.critic.engine, micro_tables[real:], self.pad_id,
+                                    self.loss_cfg.temperature, self.policy.device)
+        return out
+
+    def ppo_step(self, micro_tables: Sequence[pa.Table], ptx_micro_items: Sequence[Sequence] | None,
+                 token_normalizer: float, ptx_normalizer: float) -> dict:
+        """One optimizer step of the policy and of the critic over this rank's micro-batches."""
+        from rlhf_dist.data.collate import collate_lm
+        from rlhf_dist.engines.ppo import ppo_micro_step, sum_stats
+
+        self.policy.engine.train()
+        self.critic.engine.train()
+        parts = []
+        for i, table in enumerate(micro_tables):
+            ptx = collate_lm(ptx_micro_items[i], self.pad_id) if ptx_micro_items else None
+            parts.append(ppo_micro_step(self.policy, self.critic, table, ptx, self.pad_id, token_normalizer,
+                                        ptx_normalizer, self.loss_cfg, self.policy.device))
+        stats = sum_stats(parts)
+        stats["policy_lr_max"], stats["critic_lr_max"] = self.policy.lr(), self.critic.lr()
+        for name, engine in (("policy", self.policy), ("critic", self.critic)):
+            norm = engine.grad_norm()
+            if norm is not None:
+                stats[f"{name}_grad_norm_max"] = norm
+        return stats
+
+    def push_weights(self, actors: Sequence, version: int, transport: str, bucket_bytes: int) -> dict:
+        """Every rank iterates the gathered parameters in step; rank 0 sends them to the rollout
+        actors. The sender is created once (a broadcast group stays up between pushes)."""
+        import time
+
+        import torch
+
+        from rlhf_dist.engines.vllm_weight_sync import gathered_named_tensors, make_weight_sync
+
+        start = time.perf_counter()
+        tensors = gathered_named_tensors(self.policy)
+        if self.rank != 0:
+            for _ in tensors:
+                pass
+            return {}
+        if self.sync is None:
+            dtype = next(self.policy.model.parameters()).dtype
+            self.sync = make_weight_sync(list(actors), transport, bucket_bytes=bucket_bytes,
+                                         dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+        stats = self.sync.push(tensors, version)
+        stats["seconds"] = time.perf_counter() - start
+        return stats
+
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        self.policy.save_checkpoint(f"{directory}/policy", tag)
+        self.critic.save_checkpoint(f"{directory}/critic", tag)
+
+
+class PPOLearnerGroup(LearnerGroup):
+    """M PPO ranks. `minibatch_size` trajectories (all ranks together) make one optimizer step."""
+
+    def __init__(self, policy: ModelSpec, critic: ModelSpec, cfg: LearnerConfig, policy_optim: OptimConfig,
+                 critic_optim: OptimConfig, minibatch_size: int, total_steps: int, pad_id: int,
+                 loss_cfg: PPOLossConfig) -> None:
+        self.cfg, self.global_batch = cfg, minibatch_size
+        self.grad_accum = grad_accum_steps(minibatch_size, cfg.micro_batch_size, cfg.num_ranks)
+        self.workers = self._spawn(PPOLearnerWorker, cfg)
+        addr, port = ray.get(self.workers[0].address.remote())
+        self.info = ray.get([w.setup_ppo.remote(addr, port, policy, critic, cfg, policy_optim, critic_optim,
+                                                minibatch_size, total_steps, pad_id, loss_cfg) for w in self.workers])
+
+    def _micro_tables(self, table: pa.Table, lo: int, hi: int) -> list[pa.Table]:
+        m = self.cfg.micro_batch_size
+        return [table.slice(i, min(m, hi - i)) for i in range(lo, hi, m)]
+
+    def forward_old(self, table: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """old log-probs, values and entropy of every row of `table`, in row order."""
+        per_rank = [self._micro_tables(table, lo, hi) for lo, hi in balanced_bounds(table.num_rows, self.cfg.num_ranks)]
+        most = max(len(m) for m in per_rank)
+        refs = [w.forward_old.remote(mts + [table.slice(0, 1)] * (most - len(mts)), most - len(mts))
+                for w, mts in zip(self.workers, per_rank)]
+        parts = [p for p in ray.get(refs) if p is not None]
+        return tuple(pa.chunked_array([p[k] for p in parts]).combine_chunks() for k in range(3))
+
+    def ppo_step(self, minibatch: pa.Table, ptx_items: Sequence | None) -> dict:
+        """One optimizer step on a minibatch of exactly `minibatch_size` rows (+ its ptx sequences)."""
+        from rlhf_dist.algo.losses import global_normalizer
+        from rlhf_dist.data.collate import lm_token_count
+        from rlhf_dist.engines.ppo import sum_stats
+
+        if minibatch.num_rows != self.global_batch:
+            raise ValueError(f"ppo_step needs {self.global_batch} trajectories, got {minibatch.num_rows}")
+        ranks, accum = self.cfg.num_ranks, self.grad_accum
+        tokens = float(pc.sum(pc.list_value_length(minibatch.column("response_ids"))).as_py())
+        token_norm = global_normalizer(tokens, ranks, accum)
+        ptx_split, ptx_norm = None, 1.0
+        if ptx_items:
+            if len(ptx_items) % (ranks * accum):
+                raise ValueError(f"{len(ptx_items)} ptx sequences per minibatch do not split into {ranks} ranks x {accum} micro-batches")
+            per = len(ptx_items) // (ranks * accum)
+            ptx_split = [[list(ptx_items[(r * accum + i) * per:(r * accum + i + 1) * per]) for i in range(accum)] for r in range(ranks)]
+            ptx_norm = global_normalizer(lm_token_count(ptx_items), ranks, accum)
+        share = self.global_batch // ranks
+        refs = [w.ppo_step.remote(self._micro_tables(minibatch, r * share, (r + 1) * share),
+                                  ptx_split[r] if ptx_split else None, token_norm, ptx_norm)
+                for r, w in enumerate(self.workers)]
+        return sum_stats(ray.get(refs))
+
+    def push_weights(self, rollout_actors: Sequence, version: int, transport: str = "auto",
+                     bucket_bytes: int = 256 * 2**20) -> dict:
+        results = ray.get([w.push_weights.remote(list(rollout_actors), version, transport, bucket_bytes) for w in self.workers])
+        return results[0]
+
+    def save(self, policy_dir, critic_dir, tokenizer_path) -> None:
+        ray.get([w.save_model.remote(str(policy_dir), str(tokenizer_path), "policy") for w in self.workers])
+        ray.get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
+
+
+def response_token_counts(table: pa.Table) -> np.ndarray:
+    return pc.list_value_length(table.column("response_ids")).to_numpy(zero_copy_only=False)

@@ -1,0 +1,101 @@
+"""Rollout workers: N Ray actors, each holding one vLLM engine that samples responses.
+
+Each worker returns its samples as an Arrow RecordBatch (one row per response, with the weight
+version that sampled it); the group balances prompts across workers and concatenates the batches
+in prompt order. Weights arrive through `WeightSyncActorMixin` (the learner's rank 0 pushes
+them). The number of workers is independent of the number of learner ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ray
+
+from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
+from rlhf_dist.engines.vllm_weight_sync import WeightSyncActorMixin
+
+
+class RolloutWorker(WeightSyncActorMixin):
+    """A thin shell around `VLLMRolloutEngine` (started with the weight-sync worker extension)."""
+
+    def __init__(self, model_dir: str, worker_id: int, seed: int, max_model_len: int, dtype: str = "float32",
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85) -> None:
+        from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
+        from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
+
+        kwargs: dict = {"worker_extension_cls": EXTENSION_CLS}
+        import torch
+
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if tensor_parallel_size > 1:  # UNTESTED here (no GPU): vLLM starts its own Ray workers
+                kwargs["distributed_executor_backend"] = "ray"
+        self.worker_id = worker_id
+        self.engine = VLLMRolloutEngine(model_dir, seed=seed, max_model_len=max_model_len, dtype=dtype,
+                                        tensor_parallel_size=tensor_parallel_size, **kwargs)
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
+                 max_new_tokens: int, temperature: float, seed: int):
+        """Sample one response per prompt -> pa.RecordBatch with the rollout columns."""
+        rollouts = self.engine.generate(prompt_ids, max_new_tokens, temperature, seed=seed)
+        return rollouts_to_batch(rollouts, list(prompt_index), self.engine.weight_version, self.worker_id, list(sample_index))
+
+    def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        return [r.response_ids for r in self.engine.generate(prompt_ids, max_new_tokens, temperature=0.0)]
+
+
+def rollout_env() -> dict[str, str]:
+    """Environment of a rollout actor: vLLM's engine core in the actor's own process on CPU (one
+    process per worker instead of two), a small KV cache and no thread pinning (stack-facts)."""
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    import torch
+
+    if not torch.cuda.is_available():
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+class RolloutGroup:
+    """N rollout workers; `generate` balances the prompts over them (contiguous parts whose sizes
+    differ by at most one) and returns one Arrow table in prompt order."""
+
+    def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
+                 num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.85) -> None:
+        actor = ray.remote(RolloutWorker)
+        self.workers = [
+            actor.options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
+                          runtime_env={"env_vars": rollout_env()}).remote(
+                model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size, gpu_memory_utilization)
+            for w in range(num_workers)
+        ]
+        ray.get([w.weight_version.remote() for w in self.workers])  # wait until every engine is up
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
+                 max_new_tokens: int, temperature: float, seed: int):
+        """Row r is seeded with seed + r, whichever worker samples it (per-request seeds)."""
+        refs = []
+        for w, (lo, hi) in zip(self.workers, balanced_bounds(len(prompt_ids), len(self.workers))):
+            if hi > lo:
+                refs.append(w.generate.remote(list(prompt_ids[lo:hi]), list(prompt_index[lo:hi]), list(sample_index[lo:hi]),
+                                              max_new_tokens, temperature, seed + lo))
+        return concat(ray.get(refs))
+
+    def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[list[int]]]:
+        """Every worker's greedy responses to the same prompts (to check that weights are in sync)."""
+        return ray.get([w.greedy.remote(list(prompt_ids), max_new_tokens) for w in self.workers])
+
+    def versions(self) -> list[int]:
+        return ray.get([w.weight_version.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)

@@ -1,0 +1,112 @@
+"""From one rollout batch to PPO targets: KL-shaped token rewards, GAE, whitening.
+
+The driver calls `ppo_targets` once per iteration on the whole batch (all ranks' rows), so the
+advantage whitening uses the statistics of the full batch (as OpenRLHF does), whatever the
+number of learner ranks. `RunningMoments` keeps the reward statistics across iterations for the
+optional score normalisation (Secrets of RLHF I, section 5.3.1, "PPO-max").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_dist.algo.gae import gae_advantages
+from rlhf_dist.algo.kl import kl_estimate
+from rlhf_dist.algo.masked import masked_mean, masked_sum, masked_whiten
+from rlhf_dist.algo.rewards import token_level_rewards
+
+
+@dataclass
+class PPOTargets:
+    """Everything (B, T) fp32 and 0 at padded positions, except `kl_sum` and `score` (B,)."""
+
+    rewards: torch.Tensor  # -beta * kl_t, plus the score on the last token
+    advantages: torch.Tensor  # GAE, whitened over the batch's valid tokens when asked
+    returns: torch.Tensor  # value targets: raw (unwhitened) advantages + values
+    kl: torch.Tensor  # per-token KL estimate log pi_old - log pi_ref (or k2/k3)
+    kl_sum: torch.Tensor  # (B,) per-sequence KL (the "objective/kl" of N+)
+    score: torch.Tensor  # (B,) score as used in the rewards (after normalisation/clipping/penalty)
+
+
+def ppo_targets(
+    score: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    has_eos: torch.Tensor,
+    beta: float,
+    kl_estimator: str = "k1",
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    missing_eos_penalty: float | None = None,
+    whiten_rewards: bool = False,
+    whiten_advantages: bool = True,
+) -> PPOTargets:
+    """score, has_eos: (B,); old_logprobs, ref_logprobs, values, mask: (B, T) -> PPOTargets.
+
+    1. kl_t = estimate(log pi_old(y_t) - log pi_ref(y_t)), computed without gradient at rollout
+       time (ppo-details 21, 23);
+    2. r_t = -beta * kl_t, plus the score at the last token L; a response without EOS gets
+       `score - missing_eos_penalty` (TRL's EOS trick, ppo-details 19);
+    3. optional reward whitening that keeps the mean (N+ detail 24; off by default);
+    4. GAE with V = 0 after L (ppo-details 27); returns = A + V from the UNwhitened advantages;
+    5. advantage whitening over all valid tokens of the batch (ppo-details 28).
+    """
+    mask = mask.bool()
+    zero = torch.zeros((), device=mask.device)
+    kl = torch.where(mask, kl_estimate(old_logprobs, ref_logprobs, kl_estimator), zero)
+    score = score.float()
+    if missing_eos_penalty is not None:
+        score = torch.where(has_eos.bool(), score, score - missing_eos_penalty)
+    rewards = token_level_rewards(score, kl, mask, beta)
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae_advantages(rewards, torch.where(mask, values.float(), zero), mask, gamma, lam)
+    if whiten_advantages:
+        advantages = masked_whiten(advantages, mask, shift_mean=True)
+    return PPOTargets(rewards, advantages, returns, kl, masked_sum(kl, mask, dim=1), score)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over valid tokens (cleanrl's diagnostic); nan if Var[returns] = 0."""
+    mask = mask.bool()
+    residual = returns - values
+    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    var_res = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float("nan") if var_r.item() == 0 else (1.0 - var_res / var_r).item()
+
+
+class RunningMoments:
+    """Mean and standard deviation of every value seen so far (Chan et al. parallel update).
+
+    Used to normalise RM scores with statistics from all past batches, then clip them:
+    r <- clip((r - mean) / std, -clip, clip) (Secrets of RLHF I, PPO-max).
+    """
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().reshape(-1)
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean = x.mean().item()
+        batch_m2 = ((x - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (0 before two values were seen)."""
+        return (self.m2 / self.count) ** 0.5 if self.count > 1 else 0.0
+
+    def normalize(self, x: torch.Tensor, clip: float | None = None, eps: float = 1e-8) -> torch.Tensor:
+        out = (x.float() - self.mean) / (self.std + eps)
+        return out if clip is None else out.clamp(-clip, clip)

@@ -1,0 +1,133 @@
+"""What a PPO learner rank computes on its micro-batches: the policy and the critic, each in its own
+DeepSpeed engine (separate networks: N+ and the 37-details post; the critic starts from the RM,
+InstructGPT C.4).
+
+Micro-batches are Arrow trajectory tables (rlhf_dist.buffer), converted to padded tensors here.
+Losses are token sums divided by the normaliser of the whole minibatch (global valid-token count
+over all ranks / (ranks x accumulation): rlhf_dist.algo.losses.global_normalizer), so the summed
+gradient is the gradient of the full-minibatch token mean whatever the split. Statistics come
+back as sums (or maxima, for keys ending in `_max`) that add up exactly over micro-batches and
+ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+
+from rlhf_dist.algo import aggregate_loss, entropy_from_logits, lm_loss, logprobs_from_logits, masked_sum, policy_loss, value_loss
+from rlhf_dist.buffer import TrajectoryTensors, per_token_column, to_padded
+
+TRAIN_COLUMNS = ("old_logprobs", "values", "advantages", "returns")
+
+
+@dataclass(frozen=True)
+class PPOLossConfig:
+    temperature: float = 1.0
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    value_clip: float | None = 0.2
+    vf_coef: float = 1.0
+    entropy_coef: float = 0.0
+    ptx_coef: float = 0.0
+
+
+def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False):
+    """log pi_T of each response token (B, T) fp32, and optionally the entropy of pi_T (B, T)."""
+    out = policy(input_ids=t.input_ids, attention_mask=t.attention_mask, position_ids=t.position_ids, use_cache=False)
+    P, T = t.prompt_len, t.response_mask.shape[1]
+    logits = out.logits[:, P - 1 : P + T - 1]  # column P + t - 1 predicts response token t
+    logp = logprobs_from_logits(logits, t.response_ids, temperature)
+    if not with_entropy:
+        return logp, None
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach(), temperature)
+    return logp, entropy
+
+
+def critic_forward(critic, t: TrajectoryTensors) -> torch.Tensor:
+    """V(s_t) for each response token: the critic's output at the state BEFORE y_t, i.e. at column
+    P + t - 1 (TRL/N+: `full_value[:, context_length - 1 : -1]`). (B, T) fp32."""
+    values = critic(t.input_ids, t.attention_mask, t.position_ids)
+    P, T = t.prompt_len, t.response_mask.shape[1]
+    return values[:, P - 1 : P + T - 1].float()
+
+
+@torch.no_grad()
+def old_logprobs_and_values(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int, temperature: float,
+                            device) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """For every row: log pi_old of the response tokens, V_old, and the policy's entropy, as
+    list<float32> arrays in row order. "Old" = the weights before this iteration's PPO epochs:
+    recomputed here rather than taken from vLLM (verl/OpenRLHF default; the vLLM gap is logged)."""
+    logps, values, entropies = [], [], []
+    for table in micro_tables:
+        t = to_padded(table, pad_id, columns=[]).to(device)
+        lengths = t.response_mask.sum(1).cpu().numpy()
+        logp, entropy = policy_forward(policy, t, temperature, with_entropy=True)
+        logps.append(per_token_column(logp, lengths))
+        entropies.append(per_token_column(entropy, lengths))
+        values.append(per_token_column(critic_forward(critic, t), lengths))
+    cat = lambda chunks: pa.chunked_array(chunks, type=pa.list_(pa.float32())).combine_chunks()  # noqa: E731
+    return cat(logps), cat(values), cat(entropies)
+
+
+def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dict | None, pad_id: int,
+                   token_normalizer: float, ptx_normalizer: float, cfg: PPOLossConfig, device) -> dict[str, float]:
+    """Forward + backward of one micro-batch through both engines (optimizer steps happen at the
+    accumulation boundary, inside `TrainEngine.micro_step`). Returns additive statistics."""
+    t = to_padded(table, pad_id, columns=list(TRAIN_COLUMNS)).to(device)
+    mask = t.response_mask
+    n_tokens = mask.sum().item()
+    c = t.columns
+
+    # Policy: clipped surrogate (+ entropy bonus) on the trajectories, + gamma * ptx NLL
+    # (InstructGPT eq. 2; one backward of the sum = the two gradients accumulated).
+    logp, entropy = policy_forward(policy_engine.engine, t, cfg.temperature, with_entropy=True)
+    pg_tokens, pg_stats = policy_loss(logp, c["old_logprobs"], c["advantages"], mask, cfg.clip_eps, cfg.clip_eps_high)
+    pg = aggregate_loss(pg_tokens, mask, "token_mean", token_normalizer)
+    total = pg
+    if cfg.entropy_coef:
+        total = total - cfg.entropy_coef * aggregate_loss(entropy, mask, "token_mean", token_normalizer)
+    stats = {
+        "tokens": n_tokens,
+        "pg_loss_sum": masked_sum(pg_tokens, mask).item(),
+        "clipfrac_sum": pg_stats["clipfrac"].item() * n_tokens,
+        "approx_kl_sum": pg_stats["approx_kl"].item() * n_tokens,
+        "ratio_sum": pg_stats["ratio_mean"].item() * n_tokens,
+        "ratio_max": pg_stats["ratio_max"].item(),
+        "ratio_dev_max": torch.where(mask, (logp.detach() - c["old_logprobs"]).exp().sub(1).abs(), 0.0).max().item(),
+        "entropy_sum": masked_sum(entropy, mask).item(),
+    }
+    if ptx_batch is not None and cfg.ptx_coef:
+        ptx = {k: v.to(device) for k, v in ptx_batch.items()}
+        logits = policy_engine.engine(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"],
+                                      position_ids=ptx["position_ids"], use_cache=False).logits
+        nll = lm_loss(logits, ptx["labels"], ptx["loss_mask"])
+        nll_sum = masked_sum(nll, ptx["loss_mask"])
+        total = total + cfg.ptx_coef * nll_sum / ptx_normalizer
+        stats["ptx_nll_sum"] = nll_sum.item()
+        stats["ptx_tokens"] = float(ptx["loss_mask"].sum())
+    policy_engine.micro_step(total)
+
+    # Critic: clipped value loss against the GAE returns.
+    v = critic_forward(critic_engine.engine, t)
+    vf_tokens, vf_stats = value_loss(v, c["values"], c["returns"], mask, cfg.value_clip)
+    critic_engine.micro_step(cfg.vf_coef * aggregate_loss(vf_tokens, mask, "token_mean", token_normalizer))
+    stats["vf_loss_sum"] = masked_sum(vf_tokens, mask).item()
+    stats["vf_clipfrac_sum"] = vf_stats["vf_clipfrac"].item() * n_tokens
+    return stats
+
+
+def sum_stats(parts: Sequence[dict]) -> dict[str, float]:
+    """Add statistics over micro-batches or ranks; keys ending in `_max` take the maximum."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            if k.endswith("_max"):
+                out[k] = max(out.get(k, float("-inf")), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out
