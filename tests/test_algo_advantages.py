@@ -520,9 +520,8 @@ def test_explained_variance_nan_with_a_single_valid_token():
     assert math.isnan(explained_variance(values, returns, mask))
 
 
-@pytest.mark.xfail(strict=True, reason="advantages.py explained_variance tests `var_r == 0` exactly; fp32 round-off "
-                                       "in the masked mean of a constant like 0.1 leaves var_r ~ 1e-16, giving ~-1e16")
 def test_explained_variance_nan_for_constant_not_exactly_representable_returns():
+    """Regression: fp32 round-off in the mean of a constant like 0.1 once left Var ~ 1e-16 (-> -1e16)."""
     mask = torch.ones(1, 7, dtype=torch.bool)
     returns = torch.full((1, 7), 0.1)
     values = torch.randn(1, 7, generator=torch.Generator().manual_seed(0))

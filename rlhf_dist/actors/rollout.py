@@ -63,6 +63,15 @@ def rollout_env() -> dict[str, str]:
     return env
 
 
+class PendingRollout:
+    def __init__(self, refs: list) -> None:
+        self.refs = refs
+
+    def result(self):
+        """The Arrow table of all rows, in prompt order."""
+        return concat(ray.get(self.refs))
+
+
 class RolloutGroup:
     """N rollout workers; `generate` balances the prompts over them (contiguous parts whose sizes
     differ by at most one) and returns one Arrow table in prompt order."""
@@ -82,12 +91,19 @@ class RolloutGroup:
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
                  max_new_tokens: int, temperature: float, seed: int):
         """Row r is seeded with seed + r, whichever worker samples it (per-request seeds)."""
+        return self.submit(prompt_ids, prompt_index, sample_index, max_new_tokens, temperature, seed).result()
+
+    def submit(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
+               max_new_tokens: int, temperature: float, seed: int) -> "PendingRollout":
+        """`generate` without waiting: the workers sample while the caller goes on. A weight push
+        issued afterwards waits for the sampling (Ray runs an actor's calls in order), so the
+        samples carry the version they were started with."""
         refs = []
         for w, (lo, hi) in zip(self.workers, balanced_bounds(len(prompt_ids), len(self.workers))):
             if hi > lo:
                 refs.append(w.generate.remote(list(prompt_ids[lo:hi]), list(prompt_index[lo:hi]), list(sample_index[lo:hi]),
                                               max_new_tokens, temperature, seed + lo))
-        return concat(ray.get(refs))
+        return PendingRollout(refs)
 
     def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[list[int]]]:
         """Every worker's greedy responses to the same prompts (to check that weights are in sync)."""

@@ -73,10 +73,14 @@ def ppo_targets(
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var[returns - values] / Var[returns] over valid tokens (cleanrl's diagnostic); nan if Var[returns] = 0."""
     mask = mask.bool()
+    returns, values = returns.double(), values.double()  # fp64: a constant like 0.1 must give Var 0, not 1e-16
     residual = returns - values
-    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    mean_r = masked_mean(returns, mask)
+    var_r = masked_mean((returns - mean_r) ** 2, mask)
     var_res = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
-    return float("nan") if var_r.item() == 0 else (1.0 - var_res / var_r).item()
+    if var_r.item() <= 1e-12 * (1.0 + mean_r.item() ** 2):  # constant returns: nothing to explain
+        return float("nan")
+    return (1.0 - var_res / var_r).item()
 
 
 class RunningMoments:
@@ -107,6 +111,7 @@ class RunningMoments:
         """Population standard deviation (0 before two values were seen)."""
         return (self.m2 / self.count) ** 0.5 if self.count > 1 else 0.0
 
-    def normalize(self, x: torch.Tensor, clip: float | None = None, eps: float = 1e-8) -> torch.Tensor:
-        out = (x.float() - self.mean) / (self.std + eps)
+    def normalize(self, x: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+        """(x - mean) / std, then clipped to [-clip, clip]; only centred while std is undefined or 0."""
+        out = (x.float() - self.mean) / (self.std if self.std > 0 else 1.0) if self.count > 1 else x.float() - self.mean
         return out if clip is None else out.clamp(-clip, clip)

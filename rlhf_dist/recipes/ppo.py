@@ -46,6 +46,8 @@ class RolloutConfig:
     weight_transport: str = field(default="auto", metadata={"help": "auto | object_store (CPU) | broadcast (NCCL on GPU, gloo on CPU)"})
     bucket_mb: int = field(default=256, metadata={"help": "weight-sync bucket size (MiB)"})
     max_staleness: int = field(default=0, metadata={"help": "allowed policy versions between sampling and training (0: on-policy)"})
+    overlap: bool = field(default=False, metadata={"help": "sample the next batch while the learner trains on this one "
+                                                        "(one step off-policy: needs max_staleness >= 1)"})
 
     def __post_init__(self) -> None:
         if self.top_p != 1.0 or self.top_k not in (-1, 0):
@@ -55,6 +57,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.temperature={self.temperature}: must be > 0 (greedy samples have no log-probs to train on)")
         if self.weight_transport not in ("auto", "object_store", "broadcast"):
             raise ValueError(f"rollout.weight_transport={self.weight_transport!r}: expected auto, object_store or broadcast")
+        if self.overlap and self.max_staleness < 1:
+            raise ValueError("rollout.overlap=true samples with weights one version old: set rollout.max_staleness >= 1")
         if self.num_workers < 1 or self.samples_per_prompt < 1:
             raise ValueError("rollout.num_workers and rollout.samples_per_prompt must be >= 1")
 
@@ -169,11 +173,14 @@ def train_ppo(cfg: PPOConfig) -> dict:
     kl_ctl = make_kl_controller(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
     evals = {"sft": system.evaluate("sft", out, log, 0)} if cfg.eval_prompts else {}
     bar = tqdm(total=cfg.iterations, desc="   ppo", unit="it", dynamic_ncols=True, mininterval=1.0)
+    pending = system.rollout(0)
     try:
         for it in range(cfg.iterations):
-            t0, version = time.perf_counter(), it  # the rollout workers hold the weights of version `it`
+            t0, version = time.perf_counter(), it  # the learner's weights are version `it`
             # 1. Sample prompts; the rollout workers sample responses (Arrow rows, with the weight version).
-            table = system.rollout(it)
+            table = pending.result()
+            if cfg.rollout.overlap and it + 1 < cfg.iterations:
+                pending = system.rollout(it + 1)  # sampled with version `it` while the learner trains
             staleness = version - min(table.column("policy_version").to_pylist())
             if staleness > cfg.rollout.max_staleness:
                 raise RuntimeError(f"iteration {it}: samples are {staleness} versions old (rollout.max_staleness={cfg.rollout.max_staleness})")
@@ -200,6 +207,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
             # 6. New weights to every rollout worker, stamped version it + 1.
             sync = system.learner.push_weights(system.rollout_group.workers, version + 1, cfg.rollout.weight_transport,
                                                cfg.rollout.bucket_mb * 2**20)
+            if not cfg.rollout.overlap and it + 1 < cfg.iterations:
+                pending = system.rollout(it + 1)
             kl_mean, beta = targets.kl_sum.mean().item(), kl_ctl.beta
             kl_ctl.update(kl_mean, table.num_rows)
             # 7. Log, keep the trajectories, evaluate, checkpoint.
@@ -389,7 +398,8 @@ class PPOSystem:
               flush=True)
 
     def rollout(self, iteration: int):
-        """This iteration's prompts (a seeded pass over the prompt set), each sampled n times."""
+        """Start sampling this iteration's prompts (a seeded pass over the prompt set), each n
+        times; `.result()` gives the Arrow table."""
         n_prompts = len(self.data.prompt_ids)
         per_pass = n_prompts // self.cfg.prompts_per_iteration or 1
         order = list(range(n_prompts))
@@ -401,8 +411,8 @@ class PPOSystem:
         sample_index = [s for _ in chosen for s in range(n)]
         seed = random.Random(f"{self.cfg.seed}/sampling/{iteration}").getrandbits(30)
         r = self.cfg.rollout
-        return self.rollout_group.generate([self.data.prompt_ids[i] for i in index], index, sample_index,
-                                           r.max_new_tokens, r.temperature, seed)
+        return self.rollout_group.submit([self.data.prompt_ids[i] for i in index], index, sample_index,
+                                         r.max_new_tokens, r.temperature, seed)
 
     def score_and_reference(self, table):
         scores, ref = self.reward.submit("score", table), self.reference.submit("logprobs", table)
