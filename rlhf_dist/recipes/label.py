@@ -1,0 +1,101 @@
+"""Rankings of the policy's own samples by the simulated labeler (InstructGPT section 3.5: the
+labelers rank K outputs of the SFT model for each prompt).
+
+    rlhf-dist label --out runs/labels policy=runs/sft/model data=runs/data [k=4 prompts=2000 ...]
+
+For each prompt, K responses are sampled from `policy` with vLLM; the task's labeler ranks them
+(Plackett-Luce over the hidden gold scores, with the labeler's noise); the rows are written in
+the comparisons schema `{prompt, responses, ranking}`:
+    comparisons.jsonl          from the RL prompts (the training side)
+    comparisons_heldout.jsonl  from the END of the held-out prompt file (evaluations use its start)
+A reward model trained on these judges exactly the kind of text PPO will produce, which the
+task's own comparisons (built from perturbed demonstrations) do not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf_dist.config import parse_cli
+from rlhf_dist.tasks.base import DEFAULT_TASK
+
+
+@dataclass
+class LabelConfig:
+    out: str = field(default="", metadata={"help": "output folder (comparisons.jsonl, comparisons_heldout.jsonl)"})
+    policy: str = field(default="", metadata={"help": "model whose samples are ranked (the SFT model)"})
+    data: str = field(default="", metadata={"help": "task-data folder (rl_prompts.jsonl, eval_prompts.jsonl)"})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": "task whose labeler ranks (module:attr)"})
+    k: int = field(default=4, metadata={"help": "responses ranked per prompt (InstructGPT: 4 to 9)"})
+    prompts: int = field(default=2000, metadata={"help": "training prompts ranked"})
+    heldout_prompts: int = field(default=250, metadata={"help": "held-out prompts ranked (from the end of eval_prompts.jsonl)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (1: the policy's own diversity)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "response budget"})
+    labeler_temperature: float | None = field(default=None, metadata={"help": "labeler noise (default: the task-data default)"})
+    seed: int = field(default=0, metadata={"help": "sampling and labeling seed"})
+
+    def __post_init__(self) -> None:
+        if not self.out or not self.policy or not self.data:
+            raise ValueError("label needs out=, policy= and data=")
+        if self.k < 2:
+            raise ValueError(f"k={self.k}: a ranking needs at least 2 responses")
+
+
+def rank_samples(cfg: LabelConfig, prompts: list, task, labeler, seed: int) -> tuple[list[dict], int]:
+    """K samples per prompt, ranked. Prompts whose K responses are all identical carry no
+    preference and are dropped (counted)."""
+    from rlhf_dist.data import format_prompts, prompt_text
+    from rlhf_dist.evaluation.gold import sample_responses
+    from rlhf_dist.models import load_tokenizer
+
+    tok = load_tokenizer(cfg.policy)
+    ids = format_prompts(tok, prompts)
+    rollouts = sample_responses(cfg.policy, [p for p in ids for _ in range(cfg.k)], cfg.temperature, cfg.max_new_tokens, seed)
+    texts = tok.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
+    rng = random.Random(f"{seed}/labeler")
+    rows, dropped = [], 0
+    for i, prompt in enumerate(prompts):
+        responses = texts[i * cfg.k:(i + 1) * cfg.k]
+        if len(set(responses)) == 1:
+            dropped += 1
+            continue
+        rows.append({"prompt": prompt, "responses": responses, "ranking": labeler.rank(prompt_text(prompt), responses, rng)})
+    return rows, dropped
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def label(cfg: LabelConfig) -> dict:
+    from rlhf_dist.data import load_prompts
+    from rlhf_dist.tasks.base import load_task
+    from rlhf_dist.tasks.labeler import DEFAULT_TEMPERATURE, Labeler
+
+    task = load_task(cfg.task)
+    labeler = Labeler.for_task(task, DEFAULT_TEMPERATURE if cfg.labeler_temperature is None else cfg.labeler_temperature)
+    train_prompts = load_prompts(Path(cfg.data) / "rl_prompts.jsonl")[: cfg.prompts]
+    held_prompts = load_prompts(Path(cfg.data) / "eval_prompts.jsonl")[-cfg.heldout_prompts:] if cfg.heldout_prompts else []
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, dropped = rank_samples(cfg, train_prompts, task, labeler, cfg.seed)
+    held, dropped_held = rank_samples(cfg, held_prompts, task, labeler, cfg.seed + 1) if held_prompts else ([], 0)
+    _write_jsonl(out / "comparisons.jsonl", train)
+    _write_jsonl(out / "comparisons_heldout.jsonl", held)
+    summary = {"comparisons": len(train), "comparisons_heldout": len(held), "dropped_identical": dropped + dropped_held,
+               "k": cfg.k, "policy": cfg.policy}
+    (out / "labels.json").write_text(json.dumps(summary, indent=2))
+    print(f"   ranked {cfg.k} samples of {cfg.policy} for {len(train)} + {len(held)} held-out prompts "
+          f"({dropped + dropped_held} prompts dropped: all samples identical)", flush=True)
+    return {**summary, "train_file": str(out / "comparisons.jsonl"), "eval_file": str(out / "comparisons_heldout.jsonl")}
+
+
+def main(argv: list[str]) -> int:
+    label(parse_cli(LabelConfig, argv, "rlhf-dist label", __doc__))
+    return 0

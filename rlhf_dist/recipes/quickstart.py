@@ -1,0 +1,134 @@
+"""`make demo`: the whole InstructGPT pipeline on the built-in task (or any task plug-in), on CPU.
+
+    rlhf-dist quickstart [--config configs/quickstart.yaml] [--out runs/quickstart] [key=value ...]
+
+1. the simulated labeler's task writes its data (corpus, demonstrations, prompts, rankings);
+2. pretrain a tokenizer + random-init Llama on the corpus (the stand-in for GPT-3);
+3. SFT on the demonstrations;
+4. the reward model on the labeler's rankings;
+5. PPO against the RM, with a KL penalty to SFT (Ray: vLLM rollout workers, reward and
+   reference actors, a DeepSpeed learner group holding policy and critic);
+6. PPO-ptx: the same with the pretraining-loss mix;
+7. evaluation of base, SFT, PPO and PPO-ptx on held-out prompts (`rlhf-dist eval`): win rate
+   against SFT as judged by the labeler, gold and proxy scores, KL, alignment tax;
+8. over-optimisation (`rlhf-dist overopt`): PPO without KL penalty and best-of-n, gold and
+   proxy against sqrt(KL);
+9. `report.html`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rlhf_dist.config import load_config, parse_cli
+from rlhf_dist.recipes.common import print_table, stage
+from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
+
+
+@dataclass
+class QuickstartConfig:
+    out: str = field(default="runs/quickstart", metadata={"help": "run folder"})
+    seed: int = field(default=0, metadata={"help": "seed for the task data, the models and sampling"})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": "task plug-in, module:attr or file.py:attr"})
+    size: str = field(default="tiny", metadata={"help": "model size (tiny|small)"})
+    cpus: float = field(default=2.0, metadata={"help": "CPUs for the learner rank in stages 2-4"})
+    pretrain_epochs: float = field(default=1.0, metadata={"help": "passes over the pretraining corpus"})
+    sft_epochs: float = field(default=2.0, metadata={"help": "passes over the demonstrations"})
+    rm_epochs: float = field(default=1.0, metadata={"help": "passes over the rankings (InstructGPT: 1)"})
+    ppo_config: str = field(default="configs/tiny.yaml", metadata={"help": "base config of the PPO runs"})
+    ppo_iterations: int = field(default=40, metadata={"help": "PPO iterations (each run)"})
+    ppo_overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for both PPO runs"})
+    ptx_coef: float = field(default=1.0, metadata={"help": "gamma of the PPO-ptx run"})
+    ptx_ratio: float = field(default=1.0, metadata={"help": "pretraining sequences per RL episode in the PPO-ptx run"})
+    eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for the evaluation"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (rollouts and evaluation)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "response budget"})
+    overopt: bool = field(default=True, metadata={"help": "run the over-optimisation study"})
+    overopt_kl_coefs: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "KL coefficients of its PPO runs"})
+    overopt_iterations: int = field(default=40, metadata={"help": "iterations of its PPO runs"})
+    bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata={"help": "best-of-n values"})
+
+
+def main(argv: list[str]) -> int:
+    from rlhf_dist.evaluation.report import write_report
+    from rlhf_dist.recipes.ppo import PPOConfig, train_ppo
+    from rlhf_dist.recipes.stages import PretrainConfig, RMConfig, SFTConfig, pretrain, rm, sft
+
+    cfg = parse_cli(QuickstartConfig, argv, "rlhf-dist quickstart", __doc__)
+    load_task(cfg.task)  # a bad task spec fails here, before anything is written
+    load_config(PPOConfig, cfg.ppo_config, ["out=x", *cfg.ppo_overrides])  # so does a bad PPO config
+    out, start = Path(cfg.out), time.perf_counter()
+    data = out / "data"
+    common = [f"data={data}", f"seed={cfg.seed}", f"learner.cpus_per_rank={cfg.cpus}", "eval_every=0"]
+    timings: dict[str, float] = {}
+
+    with stage("1/9 task data (simulated labeler)", timings):
+        from rlhf_dist.tasks.generate import main as task_data
+
+        if task_data(["--out", str(data), f"seed={cfg.seed}", f"task={cfg.task}", "probe=0"]):
+            return 1
+        manifest = json.loads((data / "manifest.json").read_text())
+    with stage(f"2/9 pretrain a random-init {cfg.size} Llama on the corpus", timings):
+        base = pretrain(load_config(PretrainConfig, None, [f"out={out / 'base'}", f"size={cfg.size}", f"epochs={cfg.pretrain_epochs}", *common]))
+    with stage("3/9 SFT on the demonstrations", timings):
+        tuned = sft(load_config(SFTConfig, None, [f"out={out / 'sft'}", f"init={base['model']}", f"epochs={cfg.sft_epochs}",
+                                                  f"task={cfg.task}", "gold_prompts=0", *common]))
+    with stage("4/9 reward model on the labeler's rankings", timings):
+        reward = rm(load_config(RMConfig, None, [f"out={out / 'rm'}", f"init={tuned['model']}", f"epochs={cfg.rm_epochs}",
+                                                 f"task={cfg.task}", *common]))
+    ppo_common = [f"sft={tuned['model']}", f"reward_model={reward['model']}", f"data={data}", f"task={cfg.task}",
+                  f"seed={cfg.seed}", f"iterations={cfg.ppo_iterations}", f"rollout.temperature={cfg.temperature}",
+                  f"rollout.max_new_tokens={cfg.max_new_tokens}", "eval_prompts=0", *cfg.ppo_overrides]
+    with stage("5/9 PPO against the reward model", timings):
+        ppo = train_ppo(load_config(PPOConfig, cfg.ppo_config, [f"out={out / 'ppo'}", "ppo.ptx_coef=0", *ppo_common]))
+    with stage(f"6/9 PPO-ptx (gamma = {cfg.ptx_coef:g})", timings):
+        ppo_ptx = train_ppo(load_config(PPOConfig, cfg.ppo_config, [
+            f"out={out / 'ppo_ptx'}", f"ppo.ptx_coef={cfg.ptx_coef}", f"ppo.ptx_ratio={cfg.ptx_ratio}", *ppo_common]))
+    with stage("7/9 evaluation on held-out prompts (win rate vs SFT, gold, KL, alignment tax)", timings):
+        from rlhf_dist.evaluation.evaluate import EvalConfig, evaluate_models
+
+        models = {"base": base["model"], "sft": tuned["model"], "ppo": ppo["model"], "ppo_ptx": ppo_ptx["model"]}
+        ev = evaluate_models(load_config(EvalConfig, None, [
+            f"out={out / 'eval'}", *[f"models.{k}={v}" for k, v in models.items()], "baseline=sft",
+            f"reward_model={reward['model']}", f"data={data}", f"task={cfg.task}", f"prompts={cfg.eval_prompts}",
+            f"temperature={cfg.temperature}", f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}"]))
+    if cfg.overopt:
+        with stage("8/9 over-optimisation: PPO without KL penalty, and best-of-n", timings):
+            from rlhf_dist.evaluation.overopt import OveroptConfig, run_overopt
+
+            run_overopt(load_config(OveroptConfig, None, [
+                f"out={out / 'overopt'}", f"sft={tuned['model']}", f"reward_model={reward['model']}", f"data={data}",
+                f"task={cfg.task}", f"kl_coefs={json.dumps(cfg.overopt_kl_coefs)}", f"iterations={cfg.overopt_iterations}",
+                f"bon_n={json.dumps(cfg.bon_n)}", f"ppo_config={cfg.ppo_config}", f"temperature={cfg.temperature}",
+                f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}", f"eval_prompts={min(cfg.eval_prompts, 128)}",
+                f"ppo_overrides={json.dumps(cfg.ppo_overrides)}"]))
+
+    m = ev["models"]
+    headline = {
+        "gold: base / SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['gold_score']:.3f}" for k in ("base", "sft", "ppo", "ppo_ptx")),
+        "gold: demonstrations (SFT data)": f"{manifest.get('demonstrator_mean_gold', float('nan')):.3f}",
+        "win rate vs SFT: PPO": _win(m["ppo"]),
+        "win rate vs SFT: PPO-ptx": _win(m["ppo_ptx"]),
+        "KL to SFT: PPO / PPO-ptx": f"{m['ppo']['kl_to_sft']:.2f} / {m['ppo_ptx']['kl_to_sft']:.2f} nats",
+        "pretrain NLL: SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['pretrain_nll']:.3f}" for k in ("sft", "ppo", "ppo_ptx")),
+        "RM accuracy / labeler ceiling": f"{ev['rm_accuracy']:.3f} / {ev['labeler_agreement']:.3f}",
+    }
+    with stage("9/9 report", timings):
+        summary = {"task": cfg.task, "headline": headline, "timings_s": timings, "config": asdict(cfg),
+                   "models": models, "eval": str(out / "eval" / "eval.json")}
+        (out / "quickstart.json").write_text(json.dumps(summary, indent=2))
+        report = write_report(out)
+    timings["total"] = time.perf_counter() - start
+    summary["timings_s"] = timings
+    (out / "quickstart.json").write_text(json.dumps(summary, indent=2))
+    print_table([*headline.items(), ("total time", f"{timings['total'] / 60:.1f} min")], "quickstart summary")
+    print(f"\nreport: {report.resolve()}\n(open it in a browser; TensorBoard: tensorboard --logdir {out})")
+    return 0
+
+
+def _win(model: dict) -> str:
+    lo, hi = model["win_rate_ci95"]
+    return f"{model['win_rate_vs_sft']:.3f} [{lo:.3f}, {hi:.3f}]"

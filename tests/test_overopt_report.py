@@ -1,0 +1,114 @@
+"""The over-optimisation math (best-of-n estimator, KL of best-of-n) against brute force, and the
+HTML report: self-contained, and rendered with its plots by headless Chromium."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rlhf_dist.evaluation.overopt import best_of_n_expectation, kl_bon
+
+
+@pytest.mark.parametrize("N, n", [(9, 1), (9, 4), (9, 9), (6, 3), (7, 2)])
+def test_best_of_n_estimator_equals_brute_force_over_all_subsets(N, n):
+    rng = random.Random(N * 10 + n)
+    proxy = [rng.random() for _ in range(N)]
+    gold = [rng.random() for _ in range(N)]
+    subsets = list(itertools.combinations(range(N), n))
+    brute = sum(gold[max(s, key=lambda i: proxy[i])] for s in subsets) / len(subsets)
+    assert abs(best_of_n_expectation(proxy, gold, n) - brute) < 1e-12
+
+
+def test_best_of_n_of_the_proxy_itself_grows_with_n():
+    rng = random.Random(0)
+    proxy = [rng.gauss(0, 1) for _ in range(16)]
+    values = [best_of_n_expectation(proxy, proxy, n) for n in (1, 2, 4, 8, 16)]
+    assert values == sorted(values) and abs(values[0] - sum(proxy) / 16) < 1e-12 and values[-1] == max(proxy)
+
+
+def test_kl_bon_matches_the_exact_kl_of_best_of_n_over_a_fine_continuous_base():
+    """Exact KL of best-of-n over M equally likely distinct outcomes: the i-th smallest (1-based)
+    has probability (i^n - (i-1)^n) / M^n; KL = sum p log(p * M). Tends to log n - (n-1)/n."""
+    M = 200_000
+    for n in (1, 2, 4, 16, 64):
+        kl = 0.0
+        for i in range(1, M + 1):
+            p = (i / M) ** n - ((i - 1) / M) ** n
+            if p > 0:
+                kl += p * math.log(p * M)
+        assert abs(kl - kl_bon(n)) < 1e-4, (n, kl, kl_bon(n))
+    with pytest.raises(ValueError):
+        kl_bon(0)
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A synthetic run folder with everything the report reads."""
+    from rlhf_dist.evaluation.overopt import plot
+
+    run = tmp_path / "run"
+    for name, slope in (("ppo", 1.0), ("ppo_ptx", 0.5)):
+        (run / name).mkdir(parents=True)
+        rows = [{"step": i, "objective/score": slope * i / 10, "gold/train_mean": 0.3 + 0.01 * i, "objective/kl": 0.1 * i,
+                 "policy/entropy": 1.0 - 0.01 * i, "loss/value": 1.0 / (i + 1), "policy/clipfrac": 0.02,
+                 "rollout/response_len": 12 + i / 5} for i in range(1, 21)]
+        (run / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval").mkdir()
+    models = {m: {"gold_score": g, "proxy_score": g * 2, "kl_to_sft": k, "pretrain_nll": nll, "response_len": 12.0,
+                  "win_rate_vs_sft": w, "win_rate_ci95": [max(0.0, w - 0.07), min(1.0, w + 0.07)]}
+              for m, g, k, nll, w in (("base", 0.14, 5.0, 1.30, 0.2), ("sft", 0.28, 0.0, 1.35, 0.5),
+                                      ("ppo", 0.35, 2.0, 1.45, 0.66), ("ppo_ptx", 0.34, 1.8, 1.38, 0.64))}
+    (run / "eval" / "eval.json").write_text(json.dumps({"models": models, "rm_accuracy": 0.69, "labeler_agreement": 0.82}))
+    (run / "eval" / "eval_samples.jsonl").write_text("".join(
+        json.dumps({"model": m, "prompt": f"sort {i} 2 1.", "response": "1 2 <b>bold?</b>", "gold": 0.5}) + "\n"
+        for i in range(3) for m in models))
+    (run / "overopt").mkdir()
+    points = [{"method": "best-of-n", "n": n, "kl": kl_bon(n), "gold": 0.3 + 0.02 * math.log(n), "proxy": 0.1 * n} for n in (1, 2, 4, 8)]
+    points += [{"method": "PPO beta=0", "iteration": i, "kl": 0.5 * i, "gold": 0.3 + 0.05 * i - 0.02 * i * i, "proxy": 0.3 * i}
+               for i in range(6)]
+    plot(points, run / "overopt" / "overopt.png")
+    (run / "quickstart.json").write_text(json.dumps({"headline": {"gold: SFT": "0.28"}, "timings_s": {"ppo": 60.0}}))
+    return run
+
+
+def test_report_is_one_self_contained_file(run_folder):
+    from rlhf_dist.evaluation.report import write_report
+
+    html = write_report(run_folder).read_text()
+    assert html.count("<img") == 4  # win rates, alignment tax, training curves, over-optimisation
+    assert html.count('src="data:image/png;base64,') == 4
+    assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
+    for text in ("ppo_ptx", "0.690", "0.820", "[0.590, 0.730]", "&lt;b&gt;bold?&lt;/b&gt;"):  # escaped sample text
+        assert text in html, text
+
+
+def test_report_renders_its_plots_in_headless_chromium(run_folder, tmp_path):
+    """The acceptance check: Chromium opens report.html from disk and paints the plots."""
+    from PIL import Image
+
+    from rlhf_dist.evaluation.report import write_report
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (`make browser` installs Debian's chromium)")
+    report = write_report(run_folder)
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1200,2600",
+                    f"--screenshot={shot}", report.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2600)
+    pixels = list(image.get_flattened_data()) if hasattr(image, "get_flattened_data") else list(image.getdata())
+    # matplotlib's default blue (#1f77b4) and the bar colours appear only inside the plots
+    blue = sum(1 for r, g, b in pixels if abs(r - 0x1F) < 40 and abs(g - 0x77) < 40 and abs(b - 0xB4) < 40)
+    bars = sum(1 for r, g, b in pixels if abs(r - 0x4C) < 30 and abs(g - 0x72) < 30 and abs(b - 0xB0) < 30)
+    assert blue > 500, f"only {blue} plot-blue pixels: the plots did not render"
+    assert bars > 500, f"only {bars} bar pixels: the win-rate plot did not render"
