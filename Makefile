@@ -12,7 +12,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -28,10 +28,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, transformers, vllm, ray, deepspeed, pyarrow; print('stack ok: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/rlhf-dist demo --config configs/demo.yaml
+# Headless Chromium for the report's rendering test (Debian's package; best effort: without it
+# that one test is skipped with the reason).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } ; } || \
+	  echo ">> chromium not installed (needs root + apt): the report screenshot test will be skipped"
 
-test: $(STAMP)
+demo: $(STAMP)
+	$(BIN)/rlhf-dist quickstart --config configs/quickstart.yaml
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

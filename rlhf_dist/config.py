@@ -1,6 +1,6 @@
 """One config system: typed dataclasses, YAML files, `key=value` overrides, unknown keys rejected.
 
-    cfg = load_config(DemoConfig, "configs/demo.yaml", ["model.size=small", "seed=3"])
+    cfg = load_config(PPOConfig, "configs/tiny.yaml", ["learner.num_ranks=2", "seed=3"])
 
 Nested dataclasses map to nested YAML mappings and to dotted override keys. Values are checked
 against the field types (int, float, str, bool, Optional[...], list[...], dict) and errors name the
