@@ -137,7 +137,9 @@ env_json=""
 for kv in "${env_vars[@]}"; do env_json+="${env_json:+, }$(json_str "${kv%%=*}"): $(json_str "${kv#*=}")"; done
 runtime_env="{\"working_dir\": $(json_str "$REPO"), \"excludes\": [$excludes_json], \"env_vars\": {$env_json}}"
 
-echo "$PROG: submitting to $address: rlhf-dist ppo --config ${config_rel:-$config}${overrides[*]:+ ${overrides[*]}}"
+shown=""
+for arg in "${overrides[@]}"; do printf -v quoted '%q' "$arg"; shown+=" $quoted"; done
+echo "$PROG: submitting to $address: rlhf-dist ppo --config $(printf %q "${config_rel:-$config}")$shown"
 if ! submit_log=$(ray job submit --address "$address" --submission-id "$submission_id" \
         --runtime-env-json "$runtime_env" --no-wait -- "${entrypoint[@]}" 2>&1); then
     printf '%s\n' "$submit_log" >&2

@@ -65,7 +65,9 @@ def ensure_ray(address: str = "") -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh in-process instance, even when a `ray start` cluster runs on
+        # this machine (plain ray.init would try to join it and refuse num_cpus).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
 class RunLog:
