@@ -17,7 +17,7 @@ from tests.test_buffer_build import random_rollouts
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="test_buffer_ray")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="test_buffer_ray")
     yield
     ray.shutdown()
 

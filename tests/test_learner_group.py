@@ -21,7 +21,7 @@ GLOBAL_BATCH, STEPS = 8, 3
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_learner_group")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_learner_group")
     yield
     ray.shutdown()
 

@@ -127,7 +127,7 @@ def test_greedy_after_weight_sync_equals_hf_greedy_of_learner(ppo_models, tmp_pa
     tok = load_tokenizer(sft)
     prompts = format_prompts(tok, load_prompts(Path(data) / "rl_prompts.jsonl")[:8])
     new_tokens = 10
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_ppo_sync")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_ppo_sync")
     try:
         rollout = RolloutGroup(sft, num_workers=2, seed=0, max_model_len=256, num_cpus=0.25)
         learner = PPOLearnerGroup(ModelSpec(sft, "causal_lm"), ModelSpec(rm, "scalar"),

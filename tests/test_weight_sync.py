@@ -352,7 +352,7 @@ def test_push_through_ray_object_store_and_gloo_broadcast_into_actor(model_dirs,
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
     }
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_weight_sync")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_weight_sync")
     try:
         actor = ray.remote(num_cpus=0, runtime_env={"env_vars": env})(_rollout_actor_cls()).remote(dir_a)
         before, _ = ray.get(actor.greedy.remote(short), timeout=300)
