@@ -12,8 +12,9 @@ token mean. Checked here:
    match the reference: per-step token-mean policy and value losses, token counts, the number of
    clipped tokens, the mean entropy, the pre-clipping global gradient norms of policy and critic,
    and the saved HF weights of both networks after the 3 steps.
-2. The reference is written here from the formulas, in one process without DeepSpeed or
-   `rlhf_dist.algo`/`rlhf_dist.engines.ppo`: every trajectory is forwarded alone and unpadded
+2. The reference is written here from the formulas, in one process, without DeepSpeed, the
+   library's losses, log-probs or padding (only the model loaders and `lr_multiplier`, tested
+   elsewhere, are shared): every trajectory is forwarded alone and unpadded
    (so the learner's left/right padding and position ids are checked too), log pi_T from
    logits / T with the causal shift (column P + t - 1 predicts response token t), V_t read at
    column P + t - 1 of the critic, ratio = exp(logp - old), loss_t = max(-A rho, -A clip(rho)),
@@ -29,6 +30,7 @@ token mean. Checked here:
    k + 1 from the prefix up to k, len - 1 loss tokens per sequence) split over 2 ranks x 2
    micro-batches, the update equals the reference's for ppo_loss + g * (ptx NLL sum / global ptx
    token count) (NLL at temperature 1).
+5. The entropy bonus (`entropy_coef`) against the same reference (it once had no gradient).
 
 Steps 2 and 3 use old log-probs/values from before step 1 and step 3 revisits rows of step 1,
 so their ratios and values have moved: the clipped branches of both losses are taken (asserted
@@ -40,6 +42,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -49,36 +52,38 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
 N_ROWS, MINIBATCH = 16, 8
-# Step 1: rows 0-7 (on-policy), step 2: rows 8-15, step 3: a mix revisiting both halves (a take,
-# so the learner also sees a multi-chunk, non-contiguous table).
+# Step 1: rows 0-7 (on-policy), step 2: rows 8-15, step 3: rows of both halves in a new order
+# (every minibatch is `table.take(rows)`, as in the PPO recipe).
 STEP_ROWS = [list(range(0, 8)), list(range(8, 16)), [3, 12, 0, 9, 15, 6, 1, 10]]
 TEMPERATURE = 0.7
 
 # fp32 on CPU: the learner's padded batches and the reference's unpadded rows differ only in
 # summation order (~1e-7 relative), far below the effect of any real bug.
 LOSS_TOL = dict(rel=1e-5, abs=1e-6)
-NORM_TOL = dict(rel=1e-4)  # gradient norms sum ~1e6 squared fp32 terms in different orders
-# Weights after 3 AdamW steps: the update of a weight is lr * m / (sqrt(v) + eps), so a gradient
-# error dg shows as about lr * dg / eps; measured differences are ~1e-7 here while one step
-# moves weights by up to lr = 3e-3 (asserted below: the comparison is not vacuous).
-WEIGHT_ATOL = 2e-5
+NORM_TOL = dict(rel=2e-5)  # norms over 1.5M fp32 gradients summed in different orders: measured <= 2.1e-6
+# Weights after 3 AdamW steps: measured differences are <= 7e-7, a few float32 ulps of the O(1)
+# norm weights (rounding of the update itself); an AdamW update is lr * m / (sqrt(v) + eps), so a
+# gradient error dg moves a weight by at most lr * dg / eps (~5e-8 here). A wrong update direction
+# (e.g. micro-batches weighted by their own token count) moves weights by O(lr) = 1e-4..5e-4.
+WEIGHT_ATOL = 5e-6
 
 
 def _optims():
     from rlhf_dist.engines.deepspeed_engine import OptimConfig
 
     # Different settings for the two networks, so that swapping them is caught.
-    policy = OptimConfig(lr=3e-3, weight_decay=0.01, betas=[0.9, 0.95], eps=1e-5, schedule="cosine",
-                         warmup_steps=1, min_lr_ratio=0.1, grad_clip=0.5)
-    critic = OptimConfig(lr=5e-3, weight_decay=0.0, betas=[0.8, 0.99], eps=1e-6, schedule="linear",
-                         warmup_steps=0, min_lr_ratio=0.2, grad_clip=1.0)
+    policy = OptimConfig(lr=5e-4, weight_decay=0.01, betas=[0.9, 0.95], eps=1e-5, schedule="cosine",
+                         warmup_steps=1, min_lr_ratio=0.1, grad_clip=5.0)
+    critic = OptimConfig(lr=1e-4, weight_decay=0.0, betas=[0.8, 0.99], eps=1e-6, schedule="linear",
+                         warmup_steps=0, min_lr_ratio=0.2, grad_clip=25.0)
     return policy, critic
 
 
-def _loss_cfg(ptx_coef: float = 0.0):
+def _loss_cfg(ptx_coef: float = 0.0, entropy_coef: float = 0.0):
     from rlhf_dist.engines.ppo import PPOLossConfig
 
-    return PPOLossConfig(temperature=TEMPERATURE, clip_eps=0.1, value_clip=0.05, vf_coef=0.5, ptx_coef=ptx_coef)
+    return PPOLossConfig(temperature=TEMPERATURE, clip_eps=0.2, value_clip=0.05, vf_coef=0.5, ptx_coef=ptx_coef,
+                         entropy_coef=entropy_coef)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +92,7 @@ def _loss_cfg(ptx_coef: float = 0.0):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_ppo_learner")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_ppo_learner")
     yield
     ray.shutdown()
 
@@ -129,14 +134,12 @@ def trajectories(models):
             response[-1] = tok.eos_token_id
         rollouts.append(SimpleNamespace(prompt_ids=prompt, response_ids=response, logprobs=[0.0] * len(response),
                                         finished_with_eos=response[-1] == tok.eos_token_id))
-    import pyarrow as pa
-
-    table = pa.Table.from_batches([rollouts_to_batch(rollouts, prompt_id=list(range(N_ROWS)), policy_version=0, worker_id=0)])
+    batch = rollouts_to_batch(rollouts, prompt_id=list(range(N_ROWS)), policy_version=0, worker_id=0)
+    table = pa.Table.from_batches([batch])
     lengths = [len(r.response_ids) for r in rollouts]
     advantages = [rng.normal(0.0, 1.0, n).astype(np.float32) for n in lengths]
     returns = [rng.normal(0.0, 0.5, n).astype(np.float32) for n in lengths]
-    return SimpleNamespace(table=table, rows=rollouts, advantages=advantages, returns=returns, pad_id=tok.pad_token_id,
-                           tokens=sum(lengths))
+    return SimpleNamespace(table=table, rows=rollouts, advantages=advantages, returns=returns, pad_id=tok.pad_token_id)
 
 
 @pytest.fixture(scope="module")
@@ -180,17 +183,29 @@ def _ptx_nll_sum(policy, seqs):
 
 
 def reference_run(models, data, step_rows, loss_cfg, ptx_batches=None):
-    """-> (old (logp, entropy, values) per row, per-step stats, final policy, final critic)."""
+    """-> (old (logp, entropy, values) per row, per-step stats, final policy, final critic).
+
+    Runs on one torch thread: its many tiny per-row ops gain nothing from two, and on a busy
+    2-core machine two OpenMP threads made it 50-200x slower (0.4 s vs 20-90 s, measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _reference_run(models, data, step_rows, loss_cfg, ptx_batches)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference_run(models, data, step_rows, loss_cfg, ptx_batches):
     from rlhf_dist.algo import lr_multiplier
     from rlhf_dist.models import load_causal_lm, load_scalar_model
 
-    torch.manual_seed(0)
     policy_optim, critic_optim = _optims()
     policy = load_causal_lm(models[0]).train()
     critic = load_scalar_model(models[1]).train()
 
     def make(model, o):
-        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_multiplier(s, len(step_rows), o.warmup_steps, o.schedule, o.min_lr_ratio))
         return opt, sched
@@ -202,8 +217,8 @@ def reference_run(models, data, step_rows, loss_cfg, ptx_batches=None):
     stats = []
     for step, idx in enumerate(step_rows):
         n_tokens = sum(len(data.rows[i].response_ids) for i in idx)
-        pg_sum = vf_sum = torch.zeros(())
-        ent_sum, clipped, vf_clipped, ratio_dev = 0.0, 0, 0, 0.0
+        pg_sum = vf_sum = ent_sum = torch.zeros(())
+        clipped, vf_clipped, ratio_dev = 0, 0, 0.0
         for i in idx:
             r = data.rows[i]
             logp, entropy, v = _row_forward(policy, critic, r.prompt_ids, r.response_ids)
@@ -214,22 +229,22 @@ def reference_run(models, data, step_rows, loss_cfg, ptx_batches=None):
             pg_sum = pg_sum + torch.maximum(unclipped, clip_branch).sum()
             v_clip = old_v + torch.clamp(v - old_v, -ve, ve)
             vf_sum = vf_sum + 0.5 * torch.maximum((v - R) ** 2, (v_clip - R) ** 2).sum()
-            ent_sum += entropy.sum().item()
+            ent_sum = ent_sum + entropy.sum()
             clipped += int((clip_branch > unclipped).sum())
             vf_clipped += int(((v_clip - R) ** 2 > (v - R) ** 2).sum())
             ratio_dev = max(ratio_dev, (ratio.detach() - 1).abs().max().item())
         pg_loss, vf_loss = pg_sum / n_tokens, vf_sum / n_tokens
-        policy_objective = pg_loss
-        s = {"tokens": n_tokens, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": ent_sum / n_tokens,
-             "clipped": clipped, "vf_clipped": vf_clipped, "ratio_dev": ratio_dev}
+        s = {"tokens": n_tokens, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
+             "entropy": ent_sum.item() / n_tokens, "clipped": clipped, "vf_clipped": vf_clipped, "ratio_dev": ratio_dev}
+        policy_objective = pg_loss - loss_cfg.entropy_coef * ent_sum / n_tokens  # entropy bonus (token mean)
         if ptx_batches is not None:
             nll_sum, ptx_tokens = _ptx_nll_sum(policy, ptx_batches[step])
-            policy_objective = pg_loss + loss_cfg.ptx_coef * nll_sum / ptx_tokens
+            policy_objective = policy_objective + loss_cfg.ptx_coef * nll_sum / ptx_tokens
             s.update(ptx_nll=nll_sum.item() / ptx_tokens, ptx_tokens=ptx_tokens)
-            # How much the ptx term matters: the norm of the PPO gradient alone (must differ).
-            g = torch.autograd.grad(pg_loss, [p for p in policy.parameters() if p.requires_grad], retain_graph=True,
-                                    allow_unused=True)
-            s["pg_only_grad_norm"] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g if x is not None])).item()
+        if ptx_batches is not None or loss_cfg.entropy_coef:
+            # How much the extra terms matter: the norm of the PPO gradient alone (must differ).
+            grads = torch.autograd.grad(pg_loss, list(policy.parameters()), retain_graph=True, allow_unused=True)
+            s["pg_only_grad_norm"] = torch.cat([g.flatten() for g in grads if g is not None]).norm().item()
         p_opt.zero_grad()
         c_opt.zero_grad()
         policy_objective.backward()
@@ -306,12 +321,16 @@ def test_ppo_steps_match_reference_on_one_and_two_ranks_zero2_zero3(ray_cluster,
     assert ref_stats[0]["clipped"] == 0 and ref_stats[0]["ratio_dev"] < 1e-6
     assert 0 < sum(s["clipped"] for s in ref_stats) < sum(s["tokens"] for s in ref_stats), ref_stats
     assert 0 < sum(s["vf_clipped"] for s in ref_stats) < sum(s["tokens"] for s in ref_stats), ref_stats
-    # Norm clipping: active for the policy at least once (grad_clip 0.5), so it is covered.
-    assert max(s["policy_grad_norm"] for s in ref_stats) > _optims()[0].grad_clip, ref_stats
+    # Norm clipping is taken and skipped at least once for each network, so both paths are covered.
+    for key, optim in (("policy_grad_norm", _optims()[0]), ("critic_grad_norm", _optims()[1])):
+        norms = [s[key] for s in ref_stats]
+        assert min(norms) < optim.grad_clip < max(norms), (key, norms)
 
-    initial_policy = load_causal_lm(models[0])
-    moved = _max_weight_diff(initial_policy, ref_policy)
-    assert moved > 100 * WEIGHT_ATOL, f"the weights barely moved ({moved}): the weight comparison would be vacuous"
+    # The weight comparison is not vacuous: the reference's 3 updates move weights by far more
+    # than the tolerance (a wrong update direction shows as a difference of order lr).
+    moved = (_max_weight_diff(load_causal_lm(models[0]), ref_policy),
+             _max_weight_diff(load_scalar_model(models[1]), ref_critic))
+    assert min(moved) > 30 * WEIGHT_ATOL, moved
 
     ref_old = [torch.cat([o[k] for o in old_ref]).numpy() for k in range(3)]  # logp, entropy, values: flat
     configs = {
@@ -358,5 +377,24 @@ def test_ppo_ptx_step_matches_reference(ray_cluster, models, trajectories, ptx_s
     for got, ref in zip(steps, ref_stats, strict=True):
         assert got["ptx_tokens"] == ref["ptx_tokens"]
         assert got["ptx_nll_sum"] / got["ptx_tokens"] == pytest.approx(ref["ptx_nll"], **LOSS_TOL)
+    diff = _max_weight_diff(load_causal_lm(tmp_path / "policy"), ref_policy)
+    assert diff < WEIGHT_ATOL, diff
+
+
+def test_entropy_bonus_reaches_the_policy_gradient(ray_cluster, models, trajectories, tmp_path):
+    """PPOLossConfig(entropy_coef=c): loss = ppo_loss - c * (entropy token mean); 1 rank, 1 step.
+    Regression: the entropy was once computed under no_grad, making the bonus a constant."""
+    from rlhf_dist.models import load_causal_lm
+
+    data, loss_cfg = trajectories, _loss_cfg(entropy_coef=1.0)
+    step_rows = STEP_ROWS[:1]
+    _, ref_stats, ref_policy, _ = reference_run(models, data, step_rows, loss_cfg)
+    # Near-uniform random-init policy: the entropy gradient is small, but it moves the gradient
+    # norm by far more than NORM_TOL (so a dropped bonus is caught).
+    s = ref_stats[0]
+    assert abs(s["policy_grad_norm"] - s["pg_only_grad_norm"]) > 50 * NORM_TOL["rel"] * s["policy_grad_norm"], s
+
+    _, steps = group_run(models, data, tmp_path, 1, 2, 4, step_rows, loss_cfg)
+    _check_steps("entropy bonus, 1 rank ZeRO-2", steps, ref_stats)
     diff = _max_weight_diff(load_causal_lm(tmp_path / "policy"), ref_policy)
     assert diff < WEIGHT_ATOL, diff

@@ -66,13 +66,14 @@ class PPOLearnerWorker(LearnerWorker):
 
         self.policy.engine.train()
         self.critic.engine.train()
+        lrs = self.policy.lr(), self.critic.lr()  # the rates this step uses (read before the scheduler steps)
         parts = []
         for i, table in enumerate(micro_tables):
             ptx = collate_lm(ptx_micro_items[i], self.pad_id) if ptx_micro_items else None
             parts.append(ppo_micro_step(self.policy, self.critic, table, ptx, self.pad_id, token_normalizer,
                                         ptx_normalizer, self.loss_cfg, self.policy.device))
         stats = sum_stats(parts)
-        stats["policy_lr_max"], stats["critic_lr_max"] = self.policy.lr(), self.critic.lr()
+        stats["policy_lr_max"], stats["critic_lr_max"] = lrs
         for name, engine in (("policy", self.policy), ("critic", self.critic)):
             norm = engine.grad_norm()
             if norm is not None:

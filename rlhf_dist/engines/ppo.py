@@ -35,14 +35,17 @@ class PPOLossConfig:
     ptx_coef: float = 0.0
 
 
-def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False):
-    """log pi_T of each response token (B, T) fp32, and optionally the entropy of pi_T (B, T)."""
+def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
+    """log pi_T of each response token (B, T) fp32, and optionally the entropy of pi_T (B, T),
+    differentiable only with `entropy_grad` (an entropy bonus; otherwise it is a statistic)."""
     out = policy(input_ids=t.input_ids, attention_mask=t.attention_mask, position_ids=t.position_ids, use_cache=False)
     P, T = t.prompt_len, t.response_mask.shape[1]
     logits = out.logits[:, P - 1 : P + T - 1]  # column P + t - 1 predicts response token t
     logp = logprobs_from_logits(logits, t.response_ids, temperature)
     if not with_entropy:
         return logp, None
+    if entropy_grad:
+        return logp, entropy_from_logits(logits, temperature)
     with torch.no_grad():
         entropy = entropy_from_logits(logits.detach(), temperature)
     return logp, entropy
@@ -85,7 +88,7 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
 
     # Policy: clipped surrogate (+ entropy bonus) on the trajectories, + gamma * ptx NLL
     # (InstructGPT eq. 2; one backward of the sum = the two gradients accumulated).
-    logp, entropy = policy_forward(policy_engine.engine, t, cfg.temperature, with_entropy=True)
+    logp, entropy = policy_forward(policy_engine.engine, t, cfg.temperature, with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
     pg_tokens, pg_stats = policy_loss(logp, c["old_logprobs"], c["advantages"], mask, cfg.clip_eps, cfg.clip_eps_high)
     pg = aggregate_loss(pg_tokens, mask, "token_mean", token_normalizer)
     total = pg
@@ -99,7 +102,7 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
         "ratio_sum": pg_stats["ratio_mean"].item() * n_tokens,
         "ratio_max": pg_stats["ratio_max"].item(),
         "ratio_dev_max": torch.where(mask, (logp.detach() - c["old_logprobs"]).exp().sub(1).abs(), 0.0).max().item(),
-        "entropy_sum": masked_sum(entropy, mask).item(),
+        "entropy_sum": masked_sum(entropy.detach(), mask).item(),
     }
     if ptx_batch is not None and cfg.ptx_coef:
         ptx = {k: v.to(device) for k, v in ptx_batch.items()}
