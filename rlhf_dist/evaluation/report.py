@@ -71,11 +71,12 @@ def curves_figure(runs: dict[str, list[dict]]) -> str:
     cols = 4
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    colors = {name: f"C{i}" for i, name in enumerate(runs)}  # one colour per run in every panel
     for ax, (key, title) in zip(axes.flat, keys):
         for name, recs in runs.items():
             pts = [(r["step"], r[key]) for r in recs if key in r]
             if pts:
-                ax.plot(*zip(*pts), label=name, marker="." if len(pts) < 30 else None)
+                ax.plot(*zip(*pts), label=name, color=colors[name], marker="." if len(pts) < 30 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration", fontsize=8)
         ax.grid(alpha=0.3)
