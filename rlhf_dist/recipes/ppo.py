@@ -156,7 +156,6 @@ class PPOConfig:
 
 
 def train_ppo(cfg: PPOConfig) -> dict:
-    import torch
     from tqdm import tqdm
 
     from rlhf_dist.algo import explained_variance, make_kl_controller, ppo_targets
@@ -250,7 +249,6 @@ def train_ppo(cfg: PPOConfig) -> dict:
     if "sft" in evals and "ppo" in evals:
         print(f"   held-out gold: SFT {evals['sft']['gold']:.3f} -> PPO {evals['ppo']['gold']:.3f}; RM score "
               f"{evals['sft']['proxy']:.3f} -> {evals['ppo']['proxy']:.3f}; KL(PPO || SFT) {evals['ppo']['kl']:.2f} nats/response")
-    _ = torch  # imported for the tensor ops above
     return summary
 
 
