@@ -8,7 +8,7 @@
     rlhf-dist ppo --config FILE [key=value ...]             PPO(-ptx) on Ray: rollout, reward, reference, learner
     rlhf-dist eval --out DIR models.sft=DIR models.ppo=DIR ...  gold win rate, KL, proxy, alignment tax of model folders
     rlhf-dist overopt --out DIR sft=DIR reward_model=DIR data=DIR   gold/proxy vs sqrt(KL): PPO and best-of-n
-    rlhf-dist report --run DIR                              report.html for a run folder
+    rlhf-dist report --out DIR                              report.html for a run folder
     rlhf-dist version
 
 Every command takes `key=value` overrides of its typed config; unknown keys are rejected.

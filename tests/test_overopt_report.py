@@ -112,3 +112,14 @@ def test_report_renders_its_plots_in_headless_chromium(run_folder, tmp_path):
     bars = sum(1 for r, g, b in pixels if abs(r - 0x4C) < 30 and abs(g - 0x72) < 30 and abs(b - 0xB0) < 30)
     assert blue > 500, f"only {blue} plot-blue pixels: the plots did not render"
     assert bars > 500, f"only {bars} bar pixels: the win-rate plot did not render"
+
+
+def test_report_command_and_its_error(run_folder, tmp_path):
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "rlhf_dist.cli", "report", "--out", str(run_folder)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and (run_folder / "report.html").is_file(), ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "rlhf_dist.cli", "report", "--out", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no such run folder" in bad.stderr

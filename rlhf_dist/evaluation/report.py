@@ -1,7 +1,7 @@
 """`report.html`: one self-contained file (plots embedded as PNG data URIs, no network) that shows
 whether a run worked.
 
-    rlhf-dist report --run runs/quickstart
+    rlhf-dist report --out runs/quickstart      # the run folder; report.html is written into it
 
 It reads what the stages left in the run folder, and shows each part that exists:
 - training curves of every PPO run (subfolders whose metrics.jsonl has PPO records): proxy
@@ -200,10 +200,10 @@ def write_report(run: str | Path) -> Path:
 
 @dataclass
 class ReportConfig:
-    run: str = field(default="runs/quickstart", metadata={"help": "run folder to report on"})
+    out: str = field(default="runs/quickstart", metadata={"help": "run folder to report on (report.html goes there)"})
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_cli(ReportConfig, argv, "rlhf-dist report", __doc__)
-    print(f"wrote {write_report(cfg.run)}")
+    print(f"wrote {write_report(cfg.out)}")
     return 0

@@ -307,6 +307,9 @@ def load_ppo_data(cfg: PPOConfig) -> PPOData:
     from rlhf_dist.models import load_tokenizer
 
     sft, reward_model = cfg.sft, cfg.reward_model
+    for key, path in (("sft", sft), ("reward_model", reward_model), ("critic", cfg.critic)):
+        if path and not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"{key}={path}: not a model folder (no config.json); models load from local paths only")
     if not sft or not reward_model:
         sft, reward_model, built_data = find_or_build_models(cfg)
         if not cfg.data:
