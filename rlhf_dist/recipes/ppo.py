@@ -206,6 +206,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             # 6. New weights to every rollout worker, stamped version it + 1.
             sync = system.learner.push_weights(system.rollout_group.workers, version + 1, cfg.rollout.weight_transport,
                                                cfg.rollout.bucket_mb * 2**20)
+            t4 = time.perf_counter()
             if not cfg.rollout.overlap and it + 1 < cfg.iterations:
                 pending = system.rollout(it + 1)
             kl_mean, beta = targets.kl_sum.mean().item(), kl_ctl.beta
@@ -223,7 +224,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 "value/explained_variance": explained_variance(c["values"], targets.returns, mask),
                 **ppo_step_metrics(steps),
                 "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/learner_s": t3 - t2,
-                "time/sync_s": time.perf_counter() - t3, "time/sync_push_s": sync.get("seconds", 0.0),
+                "time/sync_s": t4 - t3, "time/sync_push_s": sync.get("seconds", 0.0),
             }
             if cfg.write_trajectories:
                 writer.write(it, table)
