@@ -30,7 +30,8 @@ def _overrides(ppo_models, out) -> list[str]:
     sft, rm, data = ppo_models
     return [f"out={out}", f"sft={sft}", f"reward_model={rm}", f"data={data}", f"iterations={ITERATIONS}",
             f"prompts_per_iteration={PROMPTS}", "ppo.minibatch_size=8", "learner.micro_batch_size=4", "eval_prompts=8",
-            "rollout.max_new_tokens=12", "optim.lr=1e-3", "critic_optim.lr=1e-3", "optim.warmup_steps=0"]
+            "rollout.max_new_tokens=12", "optim.lr=1e-3", "critic_optim.lr=1e-3", "optim.warmup_steps=0",
+            f"save_every={ITERATIONS}"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,14 @@ def test_run_completes_and_writes_models(run):
         assert (out / name / "config.json").is_file() and (out / name / "tokenizer.json").is_file()
     assert set(summary["eval"]) == {"sft", "ppo"}
     assert all(0.0 <= summary["eval"][k]["gold"] <= 1.0 for k in ("sft", "ppo"))
+
+
+def test_deepspeed_checkpoints_of_policy_and_critic(run):
+    out = run[0]
+    for net in ("policy", "critic"):
+        tag = out / "checkpoints" / net / f"iter{ITERATIONS}"
+        assert tag.is_dir() and any(tag.iterdir()), tag
+        assert (out / "checkpoints" / net / "latest").read_text().strip() == f"iter{ITERATIONS}"
 
 
 def test_first_iteration_policy_equals_reference(run):
