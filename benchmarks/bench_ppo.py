@@ -71,20 +71,12 @@ PARTS = {"rollout": "time/rollout_s", "score": "time/score_s", "learner": "time/
 
 def build_models(root: Path, size: str) -> tuple[str, str, str]:
     """(sft, reward model, data) built in seconds, as tests/conftest.py's `ppo_models`."""
-    from rlhf_dist.models import TINY_SIZES, init_scalar_from_causal_lm, load_tokenizer, save_tiny_model
+    from rlhf_dist.models import TINY_SIZES, save_tiny_model
     from rlhf_dist.models.tiny import toy_corpus
-    from rlhf_dist.tasks.generate import main as task_data
+    from rlhf_dist.recipes.build_model import placeholder_ppo_models
 
     sft = save_tiny_model(root / "sft", toy_corpus(), TINY_SIZES[size], vocab_size=384, seed=0)
-    rm = root / "rm"
-    init_scalar_from_causal_lm(sft, seed=1).save_pretrained(rm)
-    load_tokenizer(sft).save_pretrained(rm)
-    data = root / "data"
-    rc = task_data(["--out", str(data), "seed=0", "n_pretrain=400", "n_pretrain_heldout=50", "n_sft=50", "n_rl_prompts=200",
-                    "n_eval_prompts=40", "n_comparisons=20", "n_comparisons_heldout=10", "n_agreement_pairs=100", "probe=0"])
-    if rc:
-        raise SystemExit(f"task-data failed ({rc})")
-    return str(sft), str(rm), str(data)
+    return placeholder_ppo_models(root, sft)
 
 
 def run_split(workers: int, ranks: int, models: tuple[str, str, str], args, out: Path) -> dict:

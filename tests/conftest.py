@@ -23,21 +23,8 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ppo_models(tiny_model_dir, tmp_path_factory):
-    """What a PPO run needs, built in seconds: (sft_dir, rm_dir, data_dir).
+    """What a PPO run needs, built in seconds: (sft_dir, rm_dir, data_dir); see
+    `rlhf_dist.recipes.build_model.placeholder_ppo_models`."""
+    from rlhf_dist.recipes.build_model import placeholder_ppo_models
 
-    sft: the random-init tiny Llama (stands in for an SFT model); rm: its backbone with a fresh
-    scalar head (a random reward model), tokenizer included; data: the built-in task's files
-    written with small counts. Quality is irrelevant here: these exercise the machinery.
-    """
-    from rlhf_dist.models import init_scalar_from_causal_lm, load_tokenizer
-    from rlhf_dist.tasks.generate import main as task_data
-
-    root = tmp_path_factory.mktemp("ppo_models")
-    rm_dir = root / "rm"
-    init_scalar_from_causal_lm(tiny_model_dir, seed=1).save_pretrained(rm_dir)
-    load_tokenizer(tiny_model_dir).save_pretrained(rm_dir)
-    data = root / "data"
-    rc = task_data(["--out", str(data), "seed=0", "n_pretrain=400", "n_pretrain_heldout=50", "n_sft=50", "n_rl_prompts=200",
-                    "n_eval_prompts=40", "n_comparisons=20", "n_comparisons_heldout=10", "n_agreement_pairs=100", "probe=0"])
-    assert rc == 0
-    return str(tiny_model_dir), str(rm_dir), str(data)
+    return placeholder_ppo_models(tmp_path_factory.mktemp("ppo_models"), tiny_model_dir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -167,7 +166,3 @@ class PPOLearnerGroup(LearnerGroup):
     def save(self, policy_dir, critic_dir, tokenizer_path) -> None:
         ray.get([w.save_model.remote(str(policy_dir), str(tokenizer_path), "policy") for w in self.workers])
         ray.get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
-
-
-def response_token_counts(table: pa.Table) -> np.ndarray:
-    return pc.list_value_length(table.column("response_ids")).to_numpy(zero_copy_only=False)

@@ -22,12 +22,12 @@ class RolloutWorker(WeightSyncActorMixin):
 
     def __init__(self, model_dir: str, worker_id: int, seed: int, max_model_len: int, dtype: str = "float32",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85) -> None:
+        import torch
+
         from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
         from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
 
         kwargs: dict = {"worker_extension_cls": EXTENSION_CLS}
-        import torch
-
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             if tensor_parallel_size > 1:  # UNTESTED here (no GPU): vLLM starts its own Ray workers

@@ -20,6 +20,7 @@ import torch
 
 from rlhf_dist.algo import aggregate_loss, entropy_from_logits, lm_loss, logprobs_from_logits, masked_sum, policy_loss, value_loss
 from rlhf_dist.buffer import TrajectoryTensors, per_token_column, to_padded
+from rlhf_dist.models.forward import response_logits
 
 TRAIN_COLUMNS = ("old_logprobs", "values", "advantages", "returns")
 
@@ -38,9 +39,7 @@ class PPOLossConfig:
 def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
     """log pi_T of each response token (B, T) fp32, and optionally the entropy of pi_T (B, T),
     differentiable only with `entropy_grad` (an entropy bonus; otherwise it is a statistic)."""
-    out = policy(input_ids=t.input_ids, attention_mask=t.attention_mask, position_ids=t.position_ids, use_cache=False)
-    P, T = t.prompt_len, t.response_mask.shape[1]
-    logits = out.logits[:, P - 1 : P + T - 1]  # column P + t - 1 predicts response token t
+    logits = response_logits(policy, t)  # TrajectoryTensors has PaddedBatch's attributes
     logp = logprobs_from_logits(logits, t.response_ids, temperature)
     if not with_entropy:
         return logp, None

@@ -12,12 +12,11 @@ import pyarrow as pa
 import torch
 
 from rlhf_dist.buffer import per_token_column, to_padded
-from rlhf_dist.models.batching import PaddedBatch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def _device() -> torch.device:
+def default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -32,7 +31,7 @@ class RewardEngine:
     def __init__(self, path: str, pad_id: int, micro_batch_size: int = 16, dtype: str = "float32") -> None:
         from rlhf_dist.models import load_scalar_model
 
-        self.device = _device()
+        self.device = default_device()
         self.model = load_scalar_model(path, dtype=DTYPES[dtype]).to(self.device)
         self.pad_id, self.micro = pad_id, micro_batch_size
 
@@ -53,7 +52,7 @@ class ReferenceEngine:
     def __init__(self, path: str, pad_id: int, temperature: float, micro_batch_size: int = 16, dtype: str = "float32") -> None:
         from rlhf_dist.models import load_causal_lm
 
-        self.device = _device()
+        self.device = default_device()
         self.model = load_causal_lm(path, dtype=DTYPES[dtype]).to(self.device)
         self.pad_id, self.temperature, self.micro = pad_id, temperature, micro_batch_size
 
@@ -65,7 +64,6 @@ class ReferenceEngine:
         chunks = []
         for start, n in _micro_slices(table.num_rows, self.micro):
             t = to_padded(table.slice(start, n), self.pad_id, columns=[]).to(self.device)
-            batch = PaddedBatch(t.input_ids, t.attention_mask, t.position_ids, t.response_mask, t.prompt_len)
-            lp = response_logprobs(self.model, batch, self.temperature).cpu()
+            lp = response_logprobs(self.model, t.padded_batch(), self.temperature).cpu()
             chunks.append(per_token_column(lp, t.response_mask.sum(1).cpu().numpy()))
         return pa.chunked_array(chunks, type=pa.list_(pa.float32())).combine_chunks() if chunks else pa.array([], pa.list_(pa.float32()))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -130,12 +129,6 @@ def fair_coin_ci95(n: int) -> tuple[float, float, float]:
 # Forward passes (torch), in micro-batches, no grad
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -172,45 +165,24 @@ def rm_rewards(rm, prompt_ids: list, response_ids: list, pad_id: int, micro_batc
 
 
 def pretrain_nll(model, seqs: list, pad_id: int, micro_batch_size: int) -> float:
-    """Token-mean next-token NLL over `tokenize_texts` sequences: sum of NLL / number of predicted tokens."""
-    import torch
+    """Token-mean next-token NLL over `tokenize_texts` sequences: the pretraining objective's own
+    loss (`engines.objectives`, forward only), summed over micro-batches / predicted tokens."""
+    from rlhf_dist.engines.objectives import OBJECTIVES, run_micro_batches
 
-    from rlhf_dist.algo import lm_loss
-    from rlhf_dist.data import collate_lm
-
-    device, total, tokens = next(model.parameters()).device, 0.0, 0
-    with torch.no_grad():
-        for chunk in _chunks(seqs, micro_batch_size):
-            b = {k: v.to(device) for k, v in collate_lm(chunk, pad_id).items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                           position_ids=b["position_ids"], use_cache=False).logits
-            total += float(lm_loss(logits, b["labels"], b["loss_mask"]).double().sum())
-            tokens += int(b["loss_mask"].sum())
-    return total / tokens
+    device = next(model.parameters()).device
+    sums = run_micro_batches(OBJECTIVES["lm"], model, list(_chunks(seqs, micro_batch_size)), pad_id, 1.0, device, None)
+    return sums["nll_sum"] / sums["tokens"]
 
 
 def rm_accuracy(rm, items: list, pad_id: int, micro_batch_size: int) -> tuple[float, int]:
-    """(pairwise accuracy, strict pairs) of the RM over TokenizedComparison items: every C(K, 2)
-    pair whose ranks differ, a tie in RM scores counting one half (`pairwise_accuracy`)."""
-    import torch
+    """(pairwise accuracy, strict pairs) of the RM over TokenizedComparison items, computed by the
+    RM objective itself (`engines.objectives`, forward only): every C(K, 2) pair whose ranks
+    differ, a tie in RM scores counting one half (`pairwise_accuracy`)."""
+    from rlhf_dist.engines.objectives import OBJECTIVES, run_micro_batches
 
-    from rlhf_dist.algo import pairwise_accuracy
-
-    flat = [(it.prompt_ids, r) for it in items for r in it.response_ids]
-    scores = rm_rewards(rm, [p for p, _ in flat], [r for _, r in flat], pad_id, micro_batch_size)
-    kmax = max(len(it.response_ids) for it in items)
-    table = torch.zeros(len(items), kmax, dtype=torch.float64)
-    ranks = torch.full((len(items), kmax), -1, dtype=torch.long)
-    valid = torch.zeros((len(items), kmax), dtype=torch.bool)
-    row = 0
-    for b, it in enumerate(items):
-        k = len(it.response_ids)
-        table[b, :k] = torch.tensor(scores[row : row + k], dtype=torch.float64)
-        ranks[b, :k] = torch.tensor(it.ranks)
-        valid[b, :k] = True
-        row += k
-    strict = sum(1 for it in items for i in it.ranks for j in it.ranks if i < j)
-    return float(pairwise_accuracy(table, ranks, valid)), strict
+    device = next(rm.parameters()).device
+    sums = run_micro_batches(OBJECTIVES["rm"], rm, list(_chunks(items, micro_batch_size)), pad_id, 1.0, device, None)
+    return sums["correct_pairs"] / sums["pairs"], int(sums["pairs"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,12 +288,13 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     from rlhf_dist.data import prompt_text
     from rlhf_dist.evaluation.gold import sample_responses
     from rlhf_dist.models import load_causal_lm, load_scalar_model
-    from rlhf_dist.recipes.common import print_table
+    from rlhf_dist.engines.scoring import default_device
+    from rlhf_dist.recipes.common import print_table, write_text_atomic
     from rlhf_dist.tasks.labeler import Labeler
 
     inputs = resolve_inputs(cfg)
     tok, task, base = inputs.tokenizer, inputs.task, cfg.baseline
-    pad, device, n = tok.pad_token_id, _device(), len(inputs.prompts)
+    pad, device, n = tok.pad_token_id, default_device(), len(inputs.prompts)
     texts_of_prompts = [prompt_text(p) for p in inputs.prompts]
     labeler = Labeler.for_task(task, cfg.labeler_temperature)
     print(f"== eval: {len(cfg.models)} models on {n} held-out prompts (T={cfg.temperature}, {cfg.max_new_tokens} new tokens, "
@@ -411,8 +384,8 @@ def evaluate_models(cfg: EvalConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "eval_samples.jsonl", "".join(json.dumps(r) + "\n" for name in cfg.models for r in rows[name]))
-    _write_atomic(out / "eval.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "eval_samples.jsonl", "".join(json.dumps(r) + "\n" for name in cfg.models for r in rows[name]))
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=2))
     table = [("model", f"{'gold':>6} {'proxy':>7} {'win vs ' + base:>24} {'KL':>7} {'NLL':>6} {'len':>5}")]
     table += [(name, _table_cells(report["models"][name], base)) for name in cfg.models]
     if report["rm_accuracy"] is not None:
@@ -439,12 +412,6 @@ def _table_cells(r: dict, base: str) -> str:
     win = f"{r[f'win_rate_vs_{base}']:.3f} [{lo:.3f}, {hi:.3f}]"
     return (f"{r['gold_score']:>6.3f} {_fmt(r['proxy_score'], '>7.3f')} {win:>24} {r[f'kl_to_{base}']:>7.3f} "
             f"{_fmt(r['pretrain_nll'], '>6.3f')} {r['response_len']:>5.1f}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:

@@ -71,12 +71,11 @@ class OveroptConfig:
 def best_of_n_curve(cfg: OveroptConfig, task) -> list[dict]:
     """Sample max(bon_n) responses per held-out prompt from the SFT model; score them with the RM
     and the gold scorer; for each n the expected proxy and gold of best-of-n, averaged over prompts."""
-    import torch
-
-    from rlhf_dist.buffer import to_padded, rollouts_to_batch
+    from rlhf_dist.buffer import rollouts_to_batch
     from rlhf_dist.data import format_prompts, load_prompts, prompt_text
+    from rlhf_dist.engines.scoring import RewardEngine
     from rlhf_dist.evaluation.gold import sample_responses
-    from rlhf_dist.models import load_scalar_model, load_tokenizer
+    from rlhf_dist.models import load_tokenizer
 
     tok = load_tokenizer(cfg.sft)
     prompts = load_prompts(Path(cfg.data) / "eval_prompts.jsonl")[: cfg.eval_prompts]
@@ -85,13 +84,8 @@ def best_of_n_curve(cfg: OveroptConfig, task) -> list[dict]:
     rollouts = sample_responses(cfg.sft, [p for p in ids for _ in range(N)], cfg.temperature, cfg.max_new_tokens, cfg.seed)
     texts = tok.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
     gold = [float(task.gold_score(prompt_text(prompts[k // N]), t)) for k, t in enumerate(texts)]
-    rm = load_scalar_model(cfg.reward_model)
     table = rollouts_to_batch(rollouts, [k // N for k in range(len(rollouts))], 0, 0)
-    proxy: list[float] = []
-    with torch.no_grad():
-        for start in range(0, table.num_rows, 64):
-            t = to_padded(table.slice(start, 64), tok.pad_token_id, columns=[])
-            proxy += rm.reward(t.input_ids, t.attention_mask, t.position_ids).tolist()
+    proxy = RewardEngine(cfg.reward_model, tok.pad_token_id).score(table).tolist()
     points = []
     for n in cfg.bon_n:
         g = p = 0.0
@@ -118,9 +112,8 @@ def ppo_curves(cfg: OveroptConfig) -> list[dict]:
             f"ppo.kl_coef={beta}", f"rollout.temperature={cfg.temperature}", f"rollout.max_new_tokens={cfg.max_new_tokens}",
             "write_trajectories=false", *cfg.ppo_overrides])
         summary = train_ppo(run)
-        for tag, e in summary["eval"].items():
-            step = 0 if tag == "sft" else cfg.iterations if tag == "ppo" else int(tag.removeprefix("iter"))
-            points.append({"method": f"PPO beta={beta:g}", "beta": beta, "iteration": step, "kl": max(e["kl"], 0.0),
+        for e in summary["eval"].values():
+            points.append({"method": f"PPO beta={beta:g}", "beta": beta, "iteration": e["iteration"], "kl": max(e["kl"], 0.0),
                            "gold": e["gold"], "proxy": e["proxy"]})
     return sorted(points, key=lambda p: (p["method"], p["iteration"]))
 

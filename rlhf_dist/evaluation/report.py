@@ -191,10 +191,10 @@ def write_report(run: str | Path) -> Path:
     sections.append(samples_section(run / "eval" / "eval_samples.jsonl"))
     sections.append("<p>TensorBoard: <code>tensorboard --logdir " + html.escape(str(run)) + "</code></p>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf-dist report</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    from rlhf_dist.recipes.common import write_text_atomic
+
     path = run / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    write_text_atomic(path, page)
     return path
 
 

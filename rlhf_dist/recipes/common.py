@@ -16,6 +16,17 @@ def stage(name: str, timings: dict[str, float]):
     print(f"   done in {timings[name]:.1f} s", flush=True)
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def print_table(rows: list[tuple[str, str]], title: str) -> None:
     width = max(len(k) for k, _ in rows)
     print(f"\n{title}\n" + "-" * (width + 30))

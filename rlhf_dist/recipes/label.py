@@ -15,7 +15,6 @@ task's own comparisons (built from perturbed demonstrations) do not.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +67,9 @@ def rank_samples(cfg: LabelConfig, prompts: list, task, labeler, seed: int) -> t
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    from rlhf_dist.recipes.common import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def label(cfg: LabelConfig) -> dict:

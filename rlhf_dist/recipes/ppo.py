@@ -19,7 +19,6 @@ One iteration (`train_ppo`, the driver; every arrow is a call on a group of Ray 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -301,6 +300,7 @@ class PPOData:
     eval_prompts: list
     eval_prompt_ids: list
     ptx: list  # tokenised pretraining sequences (empty without ptx)
+    tokenizer: object  # the SFT model's (the RM shares it)
 
 
 def load_ppo_data(cfg: PPOConfig) -> PPOData:
@@ -348,7 +348,7 @@ def load_ppo_data(cfg: PPOConfig) -> PPOData:
             raise FileNotFoundError(f"ppo.ptx_coef={cfg.ppo.ptx_coef} needs pretraining texts: ptx_file={files['ptx_file']!r} not found")
         ptx, _ = tokenize_texts(load_texts(files["ptx_file"]), tok, cfg.ppo.ptx_max_len)
     return PPOData(sft, reward_model, cfg.critic or reward_model, tok.pad_token_id, prompts, prompt_ids,
-                   eval_prompts, eval_ids, ptx)
+                   eval_prompts, eval_ids, ptx, tok)
 
 
 class PPOSystem:
@@ -362,13 +362,12 @@ class PPOSystem:
         from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
         from rlhf_dist.algo import RunningMoments
         from rlhf_dist.engines.ppo import PPOLossConfig
-        from rlhf_dist.models import load_tokenizer
         from rlhf_dist.recipes.train_stage import ensure_ray
         from rlhf_dist.tasks.base import load_task
 
         self.cfg, self.data = cfg, data
         self.task = load_task(cfg.task)
-        self.tok = load_tokenizer(data.sft)
+        self.tok = data.tokenizer
         self.rows = cfg.prompts_per_iteration * cfg.rollout.samples_per_prompt
         self.minibatches_per_epoch = self.rows // cfg.ppo.minibatch_size
         self.ptx_per_minibatch = round(cfg.ppo.ptx_ratio * cfg.ppo.minibatch_size) if data.ptx else 0
@@ -472,12 +471,13 @@ class PPOSystem:
             "gold": sum(gold) / n, "proxy": float(proxy.mean()), "kl": float(pc.sum(kl).as_py()) / n,
             "response_len": float(pc.mean(pc.list_value_length(table.column("response_ids"))).as_py()),
             "eos_rate": float(pc.mean(table.column("finished_with_eos").cast("float32")).as_py()), "prompts": n,
+            "iteration": step,
         }
         with (out / f"samples_{tag}.jsonl").open("w") as f:
             for i, (t, g, s) in enumerate(zip(texts, gold, proxy.tolist())):
                 f.write(json.dumps({"prompt": self.data.eval_prompts[i], "response": t, "gold": g, "proxy": s}) + "\n")
         if log is not None:
-            log.write(step, {f"eval/{k}": v for k, v in result.items() if k != "prompts"})
+            log.write(step, {f"eval/{k}": v for k, v in result.items() if k not in ("prompts", "iteration")})
         print(f"   eval [{tag}] on {n} held-out prompts: gold {result['gold']:.3f}, RM {result['proxy']:.3f}, "
               f"KL to SFT {result['kl']:.2f}, length {result['response_len']:.1f}", flush=True)
         return result
