@@ -29,6 +29,27 @@ def test_tokenizer_special_tokens_distinct_and_bos_prepended(tiny_model_dir):
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
 
 
+
+def test_tokenizer_gives_a_word_one_id_wherever_it_stands():
+    """A response's first word, encoded on its own or after the prompt's newline, gets the id the
+    same word has inside the prompt; decoding gives back the original text, byte for byte."""
+    from rlhf_dist.models import train_bpe_tokenizer
+
+    corpus = ["sort 13 54 33.\n13 33 54.", "repeat: red cat box.\nred box.", "count from 3 to 5.\n3 4 5."] * 50
+    tok = train_bpe_tokenizer(corpus, vocab_size=400)
+    prompt = tok("repeat: red cat box.\n", add_special_tokens=False).input_ids
+    alone = tok("red box.", add_special_tokens=False).input_ids
+    joined = tok("repeat: red cat box.\nred box.", add_special_tokens=False).input_ids
+    pieces = [tok.convert_ids_to_tokens(i) for i in prompt]
+    red_in_prompt = prompt[pieces.index("Ġred")]
+    assert alone[0] == red_in_prompt, (tok.convert_ids_to_tokens(alone), pieces)
+    assert joined == prompt + alone, "prompt + response encode the same jointly and apart"
+    numbers = tok("sort 13 54 33.\n13 33 54.", add_special_tokens=False).input_ids
+    assert numbers.count(tok.convert_tokens_to_ids("Ġ13")) == 2, tok.convert_ids_to_tokens(numbers)
+    for text in ["red box.", "sort 13 54 33.\n13 33 54.", "a\n\nb  c.", "zebra ÿ 42!\n"]:
+        assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+    assert tok.decode(tok("red box.").input_ids, skip_special_tokens=True) == "red box."
+
 def test_position_ids_ignore_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2]]

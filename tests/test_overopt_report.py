@@ -123,3 +123,16 @@ def test_report_command_and_its_error(run_folder, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "rlhf_dist.cli", "report", "--out", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no such run folder" in bad.stderr
+
+
+@pytest.mark.parametrize("override, message", [("rm_data=bogus", "rm_data"), ("rank_k=1", "rank_k"), ("nope=1", "nope")])
+def test_quickstart_bad_settings_fail_before_writing(override, message, tmp_path):
+    import sys
+
+    out = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, "-m", "rlhf_dist.cli", "quickstart", f"out={out}", override],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], proc.stderr
+    assert not out.exists()

@@ -15,13 +15,23 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     prepends BOS (a post-processor, so transformers and vLLM tokenise prompts identically); EOS is
     appended by the data code to every target. Byte-level means no text is ever unknown.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(SPECIAL_TOKENS.values())
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    # Every word is tokenised with its leading space, wherever it stands: a response's first word
+    # (after the prompt's "\n", or encoded on its own) gets the same id as that word in the prompt,
+    # so copying and comparing need one embedding per word, not two. Splitting after each "\n"
+    # and prefixing each piece with a space does it (cf. SentencePiece's "always" prefix in Llama).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\n"), "merged_with_previous"),
+        pre_tokenizers.ByteLevel(add_prefix_space=True),
+    ])
+    # ... and decoding drops those added spaces again (on the whole text, hence Fuse), so
+    # decode(encode(text)) == text for any text without a space right after a newline.
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Fuse(), decoders.Replace("\n ", "\n"),
+                                     decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,

@@ -5,15 +5,17 @@
 1. the simulated labeler's task writes its data (corpus, demonstrations, prompts, rankings);
 2. pretrain a tokenizer + random-init Llama on the corpus (the stand-in for GPT-3);
 3. SFT on the demonstrations;
-4. the reward model on the labeler's rankings;
-5. PPO against the RM, with a KL penalty to SFT (Ray: vLLM rollout workers, reward and
+4. the simulated labeler ranks K samples of the SFT model per RL prompt (InstructGPT sec. 3.5:
+   labelers rank the SFT model's outputs); `rm_data=task` uses the task's own comparisons instead;
+5. the reward model on those rankings;
+6. PPO against the RM, with a KL penalty to SFT (Ray: vLLM rollout workers, reward and
    reference actors, a DeepSpeed learner group holding policy and critic);
-6. PPO-ptx: the same with the pretraining-loss mix;
-7. evaluation of base, SFT, PPO and PPO-ptx on held-out prompts (`rlhf-dist eval`): win rate
+7. PPO-ptx: the same with the pretraining-loss mix;
+8. evaluation of base, SFT, PPO and PPO-ptx on held-out prompts (`rlhf-dist eval`): win rate
    against SFT as judged by the labeler, gold and proxy scores, KL, alignment tax;
-8. over-optimisation (`rlhf-dist overopt`): PPO without KL penalty and best-of-n, gold and
+9. over-optimisation (`rlhf-dist overopt`): PPO without KL penalty and best-of-n, gold and
    proxy against sqrt(KL);
-9. `report.html`.
+10. `report.html`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ class QuickstartConfig:
     seed: int = field(default=0, metadata={"help": "seed for the task data, the models and sampling"})
     task: str = field(default=DEFAULT_TASK, metadata={"help": "task plug-in, module:attr or file.py:attr"})
     size: str = field(default="tiny", metadata={"help": "model size (tiny|small)"})
+    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary of the random-init base model"})
     cpus: float = field(default=2.0, metadata={"help": "CPUs for the learner rank in stages 2-4"})
-    pretrain_epochs: float = field(default=1.0, metadata={"help": "passes over the pretraining corpus"})
-    sft_epochs: float = field(default=2.0, metadata={"help": "passes over the demonstrations"})
+    pretrain_epochs: float = field(default=6.0, metadata={"help": "passes over the pretraining corpus"})
+    sft_epochs: float = field(default=4.0, metadata={"help": "passes over the demonstrations"})
+    rm_data: str = field(default="policy", metadata={"help": "RM rankings: policy (the labeler ranks SFT samples) or task (the task's comparisons)"})
+    rank_k: int = field(default=8, metadata={"help": "SFT samples ranked per prompt (InstructGPT: 4 to 9)"})
+    rank_prompts: int = field(default=4000, metadata={"help": "prompts whose SFT samples are ranked (the RL prompts, at least this many)"})
     rm_epochs: float = field(default=1.0, metadata={"help": "passes over the rankings (InstructGPT: 1)"})
     ppo_config: str = field(default="configs/tiny.yaml", metadata={"help": "base config of the PPO runs"})
     ppo_iterations: int = field(default=40, metadata={"help": "PPO iterations (each run)"})
@@ -50,6 +56,12 @@ class QuickstartConfig:
     overopt_kl_coefs: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "KL coefficients of its PPO runs"})
     overopt_iterations: int = field(default=40, metadata={"help": "iterations of its PPO runs"})
     bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata={"help": "best-of-n values"})
+
+    def __post_init__(self) -> None:
+        if self.rm_data not in ("policy", "task"):
+            raise ValueError(f"rm_data={self.rm_data!r}: expected policy or task")
+        if self.rank_k < 2 or self.rank_prompts < 1:
+            raise ValueError(f"rank_k={self.rank_k}, rank_prompts={self.rank_prompts}: need rank_k >= 2 and rank_prompts >= 1")
 
 
 def main(argv: list[str]) -> int:
@@ -65,38 +77,50 @@ def main(argv: list[str]) -> int:
     common = [f"data={data}", f"seed={cfg.seed}", f"learner.cpus_per_rank={cfg.cpus}", "eval_every=0"]
     timings: dict[str, float] = {}
 
-    with stage("1/9 task data (simulated labeler)", timings):
+    with stage("1/10 task data (simulated labeler)", timings):
         from rlhf_dist.tasks.generate import main as task_data
 
-        if task_data(["--out", str(data), f"seed={cfg.seed}", f"task={cfg.task}", "probe=0"]):
+        if task_data(["--out", str(data), f"seed={cfg.seed}", f"task={cfg.task}", "probe=0",
+                      f"n_rl_prompts={max(2000, cfg.rank_prompts)}"]):
             return 1
         manifest = json.loads((data / "manifest.json").read_text())
-    with stage(f"2/9 pretrain a random-init {cfg.size} Llama on the corpus", timings):
-        base = pretrain(load_config(PretrainConfig, None, [f"out={out / 'base'}", f"size={cfg.size}", f"epochs={cfg.pretrain_epochs}", *common]))
-    with stage("3/9 SFT on the demonstrations", timings):
+    with stage(f"2/10 pretrain a random-init {cfg.size} Llama on the corpus", timings):
+        base = pretrain(load_config(PretrainConfig, None, [f"out={out / 'base'}", f"size={cfg.size}", f"vocab_size={cfg.vocab_size}",
+                                                           f"epochs={cfg.pretrain_epochs}", *common]))
+    with stage("3/10 SFT on the demonstrations", timings):
         tuned = sft(load_config(SFTConfig, None, [f"out={out / 'sft'}", f"init={base['model']}", f"epochs={cfg.sft_epochs}",
                                                   f"task={cfg.task}", "gold_prompts=0", *common]))
-    with stage("4/9 reward model on the labeler's rankings", timings):
+    rankings = data  # the task's own comparisons (perturbed demonstrations) ...
+    if cfg.rm_data == "policy":  # ... or, as in InstructGPT, the labeler ranking the SFT model's samples
+        with stage(f"4/10 the labeler ranks {cfg.rank_k} SFT samples per RL prompt", timings):
+            from rlhf_dist.recipes.label import LabelConfig, label
+
+            rankings = out / "rankings"
+            label(load_config(LabelConfig, None, [f"out={rankings}", f"policy={tuned['model']}", f"data={data}",
+                                                  f"task={cfg.task}", f"k={cfg.rank_k}", f"prompts={cfg.rank_prompts}", f"temperature={cfg.temperature}",
+                                                  f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}"]))
+    with stage("5/10 reward model on the labeler's rankings", timings):
         reward = rm(load_config(RMConfig, None, [f"out={out / 'rm'}", f"init={tuned['model']}", f"epochs={cfg.rm_epochs}",
-                                                 f"task={cfg.task}", *common]))
+                                                 f"task={cfg.task}", *common, f"data={rankings}"]))
     ppo_common = [f"sft={tuned['model']}", f"reward_model={reward['model']}", f"data={data}", f"task={cfg.task}",
                   f"seed={cfg.seed}", f"iterations={cfg.ppo_iterations}", f"rollout.temperature={cfg.temperature}",
                   f"rollout.max_new_tokens={cfg.max_new_tokens}", "eval_prompts=0", *cfg.ppo_overrides]
-    with stage("5/9 PPO against the reward model", timings):
+    with stage("6/10 PPO against the reward model", timings):
         ppo = train_ppo(load_config(PPOConfig, cfg.ppo_config, [f"out={out / 'ppo'}", "ppo.ptx_coef=0", *ppo_common]))
-    with stage(f"6/9 PPO-ptx (gamma = {cfg.ptx_coef:g})", timings):
+    with stage(f"7/10 PPO-ptx (gamma = {cfg.ptx_coef:g})", timings):
         ppo_ptx = train_ppo(load_config(PPOConfig, cfg.ppo_config, [
             f"out={out / 'ppo_ptx'}", f"ppo.ptx_coef={cfg.ptx_coef}", f"ppo.ptx_ratio={cfg.ptx_ratio}", *ppo_common]))
-    with stage("7/9 evaluation on held-out prompts (win rate vs SFT, gold, KL, alignment tax)", timings):
+    with stage("8/10 evaluation on held-out prompts (win rate vs SFT, gold, KL, alignment tax)", timings):
         from rlhf_dist.evaluation.evaluate import EvalConfig, evaluate_models
 
         models = {"base": base["model"], "sft": tuned["model"], "ppo": ppo["model"], "ppo_ptx": ppo_ptx["model"]}
         ev = evaluate_models(load_config(EvalConfig, None, [
             f"out={out / 'eval'}", *[f"models.{k}={v}" for k, v in models.items()], "baseline=sft",
-            f"reward_model={reward['model']}", f"data={data}", f"task={cfg.task}", f"prompts={cfg.eval_prompts}",
+            f"reward_model={reward['model']}", f"comparisons_file={rankings / 'comparisons_heldout.jsonl'}",
+            f"data={data}", f"task={cfg.task}", f"prompts={cfg.eval_prompts}",
             f"temperature={cfg.temperature}", f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}"]))
     if cfg.overopt:
-        with stage("8/9 over-optimisation: PPO without KL penalty, and best-of-n", timings):
+        with stage("9/10 over-optimisation: PPO without KL penalty, and best-of-n", timings):
             from rlhf_dist.evaluation.overopt import OveroptConfig, run_overopt
 
             run_overopt(load_config(OveroptConfig, None, [
@@ -116,7 +140,7 @@ def main(argv: list[str]) -> int:
         "pretrain NLL: SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['pretrain_nll']:.3f}" for k in ("sft", "ppo", "ppo_ptx")),
         "RM accuracy / labeler ceiling": f"{ev['rm_accuracy']:.3f} / {ev['labeler_agreement']:.3f}",
     }
-    with stage("9/9 report", timings):
+    with stage("10/10 report", timings):
         summary = {"task": cfg.task, "headline": headline, "timings_s": timings, "config": asdict(cfg),
                    "models": models, "eval": str(out / "eval" / "eval.json")}
         (out / "quickstart.json").write_text(json.dumps(summary, indent=2))

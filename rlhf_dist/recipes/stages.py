@@ -25,7 +25,7 @@ from rlhf_dist.tasks.base import DEFAULT_TASK
 class PretrainConfig(StageConfig):
     data: str = field(default="", metadata={"help": "task-data folder (pretrain.jsonl, pretrain_heldout.jsonl)"})
     size: str = field(default="small", metadata={"help": "with no init: size of the random-init model (tiny|small)"})
-    vocab_size: int = field(default=512, metadata={"help": "with no init: BPE vocabulary size"})
+    vocab_size: int = field(default=1024, metadata={"help": "with no init: BPE vocabulary size (at most)"})
     epochs: float = 1.0
     batch_size: int = 64
     max_len: int = 96
