@@ -75,7 +75,7 @@ def _optims():
     policy = OptimConfig(lr=5e-4, weight_decay=0.01, betas=[0.9, 0.95], eps=1e-5, schedule="cosine",
                          warmup_steps=1, min_lr_ratio=0.1, grad_clip=5.0)
     critic = OptimConfig(lr=1e-4, weight_decay=0.0, betas=[0.8, 0.99], eps=1e-6, schedule="linear",
-                         warmup_steps=0, min_lr_ratio=0.2, grad_clip=25.0)
+                         warmup_steps=0, min_lr_ratio=0.2, grad_clip=40.0)
     return policy, critic
 
 
