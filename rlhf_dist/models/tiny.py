@@ -81,7 +81,7 @@ def save_tiny_model(
     out_dir: str | Path,
     texts: Iterable[str],
     spec: TinyModelSpec = TinyModelSpec(),
-    vocab_size: int = 512,
+    vocab_size: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Train a tokenizer on `texts`, build a random-init model, save both to `out_dir` (HF format).
@@ -90,11 +90,11 @@ def save_tiny_model(
     Returns the folder.
     """
     from rlhf_dist.models.loading import quiet_transformers
-    from rlhf_dist.models.tokenizer import train_bpe_tokenizer
+    from rlhf_dist.models.tokenizer import DEFAULT_VOCAB_SIZE, train_bpe_tokenizer
 
     quiet_transformers()
     out_dir = Path(out_dir)
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size or DEFAULT_VOCAB_SIZE)
     model = build_tiny_causal_lm(tokenizer, spec, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

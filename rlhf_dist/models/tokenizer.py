@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# 256 bytes + specials + merges: 1024 leaves room to merge every word of the built-in language
+# into one token (~660 are used); with 512 most numbers and many words stayed split.
+DEFAULT_VOCAB_SIZE = 1024
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512):
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE):
     """Train a byte-level BPE tokenizer on `texts`; returns a transformers PreTrainedTokenizerFast.
 
     PAD is its own token, distinct from EOS: with PAD == EOS the EOS gets masked out with the

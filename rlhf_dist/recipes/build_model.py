@@ -18,7 +18,7 @@ class BuildModelConfig:
     out: str = field(default="runs/base_init", metadata={"help": "output model folder (HF format)"})
     data: str = field(default="", metadata={"help": "task-data folder whose pretrain.jsonl trains the tokenizer"})
     size: str = field(default="small", metadata={"help": "model size: tiny (tests) or small (~5M, the demo)"})
-    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size, at most (incl. 256 bytes + specials); 1024 makes every word of the built-in task one token"})
+    vocab_size: int | None = field(default=None, metadata={"help": "BPE vocabulary size, at most (incl. 256 bytes + specials; None: the tokenizer default, 1024)"})
     seed: int = field(default=0, metadata={"help": "weight-init seed"})
 
 

@@ -36,7 +36,7 @@ class QuickstartConfig:
     seed: int = field(default=0, metadata={"help": "seed for the task data, the models and sampling"})
     task: str = field(default=DEFAULT_TASK, metadata={"help": "task plug-in, module:attr or file.py:attr"})
     size: str = field(default="tiny", metadata={"help": "model size (tiny|small)"})
-    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary of the random-init base model"})
+    vocab_size: int | None = field(default=None, metadata={"help": "BPE vocabulary of the random-init base model (None: the tokenizer default, 1024)"})
     cpus: float = field(default=2.0, metadata={"help": "CPUs for the learner rank in stages 2-4"})
     pretrain_epochs: float = field(default=6.0, metadata={"help": "passes over the pretraining corpus"})
     sft_epochs: float = field(default=4.0, metadata={"help": "passes over the demonstrations"})
@@ -85,8 +85,8 @@ def main(argv: list[str]) -> int:
             return 1
         manifest = json.loads((data / "manifest.json").read_text())
     with stage(f"2/10 pretrain a random-init {cfg.size} Llama on the corpus", timings):
-        base = pretrain(load_config(PretrainConfig, None, [f"out={out / 'base'}", f"size={cfg.size}", f"vocab_size={cfg.vocab_size}",
-                                                           f"epochs={cfg.pretrain_epochs}", *common]))
+        base = pretrain(load_config(PretrainConfig, None, [f"out={out / 'base'}", f"size={cfg.size}", f"epochs={cfg.pretrain_epochs}",
+                                                           *([f"vocab_size={cfg.vocab_size}"] if cfg.vocab_size else []), *common]))
     with stage("3/10 SFT on the demonstrations", timings):
         tuned = sft(load_config(SFTConfig, None, [f"out={out / 'sft'}", f"init={base['model']}", f"epochs={cfg.sft_epochs}",
                                                   f"task={cfg.task}", "gold_prompts=0", *common]))

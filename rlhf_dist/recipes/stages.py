@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
+from rlhf_dist.models.tokenizer import DEFAULT_VOCAB_SIZE
 from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
 from rlhf_dist.recipes.train_stage import StageConfig, run_stage, split_eval
 from rlhf_dist.tasks.base import DEFAULT_TASK
@@ -25,7 +26,7 @@ from rlhf_dist.tasks.base import DEFAULT_TASK
 class PretrainConfig(StageConfig):
     data: str = field(default="", metadata={"help": "task-data folder (pretrain.jsonl, pretrain_heldout.jsonl)"})
     size: str = field(default="small", metadata={"help": "with no init: size of the random-init model (tiny|small)"})
-    vocab_size: int = field(default=1024, metadata={"help": "with no init: BPE vocabulary size (at most)"})
+    vocab_size: int = field(default=DEFAULT_VOCAB_SIZE, metadata={"help": "with no init: BPE vocabulary size (at most)"})
     epochs: float = 1.0
     batch_size: int = 64
     max_len: int = 96
