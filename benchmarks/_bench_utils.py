@@ -19,6 +19,16 @@ import time
 from collections.abc import Callable
 
 
+def set_vllm_cpu_env(**extra: str) -> None:
+    """vLLM CPU settings for a shared machine (stack-facts), logs to stderr so stdout stays JSON,
+    no hub access; `extra` adds script-specific variables. Call before vLLM is imported. Values
+    already in the environment win."""
+    for key, value in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                       "VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "WARNING",
+                       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **extra}.items():
+        os.environ.setdefault(key, value)
+
+
 def log(*args) -> None:
     """Progress and tables: to stderr, so stdout stays machine-readable."""
     print(*args, file=sys.stderr, flush=True)

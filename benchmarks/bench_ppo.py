@@ -45,25 +45,19 @@ Output: one JSON line on stdout (the last line); tables, progress and the runs' 
 
 from __future__ import annotations
 
-import os
+from _bench_utils import emit, environment, log, set_vllm_cpu_env, table
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+set_vllm_cpu_env()  # before anything imports vLLM
 
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-from _bench_utils import emit, environment, log, table
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = {"rollout": "time/rollout_s", "score": "time/score_s", "learner": "time/learner_s", "sync": "time/sync_s"}

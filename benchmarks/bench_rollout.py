@@ -31,19 +31,14 @@ Output: one JSON line on stdout (last line); progress, tables and vLLM's logs on
 
 from __future__ import annotations
 
-import os
+from _bench_utils import emit, environment, log, set_vllm_cpu_env, summarize, table
 
-# vLLM CPU settings for a shared machine (stack-facts); logs to stderr so stdout stays JSON.
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-# Only so that the one thread-count probe (a local function sent with collective_rpc) can be
-# pickled; the generate requests themselves are ordinary msgspec messages either way.
-os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Insecure serialization only so that the one thread-count probe (a local function sent with
+# collective_rpc) can be pickled; the generate requests are ordinary msgspec messages either way.
+set_vllm_cpu_env(VLLM_ALLOW_INSECURE_SERIALIZATION="1")  # before anything imports vLLM
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -52,7 +47,6 @@ from pathlib import Path
 import torch
 
 from rlhf_dist.models.tiny import toy_corpus
-from _bench_utils import emit, environment, log, summarize, table
 
 
 

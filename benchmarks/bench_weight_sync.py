@@ -24,16 +24,12 @@ Output: one JSON line on stdout (last line); progress, table and vLLM logs on st
 
 from __future__ import annotations
 
-import os
+from _bench_utils import emit, environment, log, set_vllm_cpu_env, summarize, table, time_interleaved
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+set_vllm_cpu_env()  # before anything imports vLLM
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -42,7 +38,6 @@ from pathlib import Path
 import torch
 
 from rlhf_dist.models.tiny import toy_corpus
-from _bench_utils import emit, environment, log, summarize, table, time_interleaved
 
 MiB = 2**20
 
