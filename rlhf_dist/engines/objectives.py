@@ -35,6 +35,7 @@ class Objective:
     count: Callable  # (items) -> float: loss units in these items
     loss: Callable  # (model, batch, normalizer) -> (loss, {name: sum})
     model_kind: str  # "causal_lm" or "scalar"
+    length: Callable  # (item) -> int: the padded length the item forces on its micro-batch
 
 
 def _to(batch, device):
@@ -87,9 +88,10 @@ def rm_objective_loss(model, batch: dict, normalizer: float):
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "lm": Objective(collate_lm, lm_token_count, lm_objective_loss, "causal_lm"),
-    "sft": Objective(collate_sft, sft_token_count, sft_objective_loss, "causal_lm"),
-    "rm": Objective(collate_comparisons, ranked_prompt_count, rm_objective_loss, "scalar"),
+    "lm": Objective(collate_lm, lm_token_count, lm_objective_loss, "causal_lm", len),
+    "sft": Objective(collate_sft, sft_token_count, sft_objective_loss, "causal_lm", lambda item: len(item[0]) + len(item[1])),
+    "rm": Objective(collate_comparisons, ranked_prompt_count, rm_objective_loss, "scalar",
+                    lambda item: len(item.prompt_ids) + max(map(len, item.response_ids))),
 }
 
 
