@@ -7,6 +7,7 @@
   nothing missing or duplicated, stamped with the version that sampled them;
 - after a weight push, every rollout worker's greedy output equals HF greedy decoding of the
   learner's saved weights, token for token (and differs from before the update);
+- with reward_source=gold the scores are the task's gold scores of the sampled responses;
 - bad settings fail early with a message naming the key.
 """
 
@@ -116,6 +117,31 @@ def test_trajectories_read_back_one_row_per_response(run):
     assert first.num_rows == PROMPTS
 
 
+def test_reward_source_gold_trains_on_the_gold_scorer(ppo_models, tmp_path):
+    """reward_source=gold: every trajectory's score is the task's gold score of its decoded
+    response (recomputed here from the stored token ids), not the reward model's."""
+    from rlhf_dist.buffer import read_trajectories
+    from rlhf_dist.config import load_config
+    from rlhf_dist.data import load_prompts, prompt_text
+    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.recipes.ppo import PPOConfig, train_ppo
+    from rlhf_dist.tasks.instruct import task
+
+    sft, _, data = ppo_models
+    overrides = [o for o in _overrides(ppo_models, tmp_path) if not o.startswith(("iterations=", "eval_prompts=", "save_every="))]
+    cfg = load_config(PPOConfig, REPO / "configs" / "tiny.yaml", [*overrides, "iterations=2", "eval_prompts=0", "reward_source=gold"])
+    try:
+        train_ppo(cfg)
+    finally:
+        ray.shutdown()
+    table = read_trajectories(tmp_path / "trajectories")
+    prompts, tok = load_prompts(Path(data) / "rl_prompts.jsonl"), load_tokenizer(sft)
+    expected = [task.gold_score(prompt_text(prompts[i]), tok.decode(ids, skip_special_tokens=True))
+                for i, ids in zip(table.column("prompt_id").to_pylist(), table.column("response_ids").to_pylist())]
+    assert table.num_rows == 2 * PROMPTS
+    assert table.column("score").to_pylist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_greedy_after_weight_sync_equals_hf_greedy_of_learner(ppo_models, tmp_path):
     """Two rollout workers and two learner ranks (ZeRO-3): one PPO step changes the policy; after
     the push, both workers decode exactly what HF decodes with the learner's saved weights."""
@@ -174,6 +200,7 @@ def test_greedy_after_weight_sync_equals_hf_greedy_of_learner(ppo_models, tmp_pa
     ("rollout.top_p=0.9", "top_p"),
     ("ppo.minibatch_size=5", "minibatch_size"),
     ("ppo.kl_estimator=k9", "kl_estimator"),
+    ("reward_source=judge", "reward_source"),
     ("ppo.bogus=1", "bogus"),
 ])
 def test_bad_settings_fail_with_the_key_named(override, message, tmp_path):

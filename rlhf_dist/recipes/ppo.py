@@ -114,6 +114,8 @@ class PPOConfig:
     ptx_file: str = field(default="", metadata={"help": "pretraining texts {text} for ptx (default: data/pretrain.jsonl)"})
     sft: str = field(default="", metadata={"help": "SFT model folder: the policy's start and the frozen reference"})
     reward_model: str = field(default="", metadata={"help": "reward model folder (frozen)"})
+    reward_source: str = field(default="rm", metadata={"help": "rm | gold: train on the task's hidden gold scorer instead of "
+                                                              "the RM (a rule-based reward: what RL reaches with a perfect RM)"})
     critic: str = field(default="", metadata={"help": "critic's start (default: the reward model, InstructGPT C.4)"})
     models: str = field(default="runs/tiny_models", metadata={"help": "with sft/reward_model empty: find (or build) them here"})
     build_size: str = field(default="tiny", metadata={"help": "size of the models built in `models` (tiny|small)"})
@@ -145,6 +147,8 @@ class PPOConfig:
                              f"ppo.minibatch_size {self.ppo.minibatch_size}")
         if self.iterations < 1:
             raise ValueError("iterations must be >= 1")
+        if self.reward_source not in ("rm", "gold"):
+            raise ValueError(f"reward_source={self.reward_source!r}: expected rm or gold")
         if self.trajectory_format not in ("parquet", "arrow"):
             raise ValueError(f"trajectory_format={self.trajectory_format!r}: expected parquet or arrow")
 
@@ -183,8 +187,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
             if staleness > cfg.rollout.max_staleness:
                 raise RuntimeError(f"iteration {it}: samples are {staleness} versions old (rollout.max_staleness={cfg.rollout.max_staleness})")
             t1 = time.perf_counter()
-            # 2. Frozen models, in parallel: RM score and reference log-probs.
-            scores, ref_logprobs = system.score_and_reference(table)
+            # 2. Frozen models, in parallel: RM score (or the gold scorer's) and reference log-probs.
+            scores, ref_logprobs = system.score_and_reference(table, cfg.reward_source)
             table = add_columns(table, score=scores, ref_logprobs=ref_logprobs)
             t2 = time.perf_counter()
             # 3. Learner: log-probs and values before the update ("old"); the gap to vLLM is logged.
@@ -415,9 +419,15 @@ class PPOSystem:
         return self.rollout_group.submit([self.data.prompt_ids[i] for i in index], index, sample_index,
                                          r.max_new_tokens, r.temperature, seed)
 
-    def score_and_reference(self, table):
-        scores, ref = self.reward.submit("score", table), self.reference.submit("logprobs", table)
-        return scores.result(), ref.result()
+    def score_and_reference(self, table, source: str = "rm"):
+        """(scores (B,), reference log-probs) of the table's rows; the RM's scores, or with
+        source="gold" the task's gold scorer's, computed here while the reference actors run."""
+        import numpy as np
+
+        ref = self.reference.submit("logprobs", table)
+        if source == "gold":
+            return np.asarray(self.gold_scores(table), dtype=np.float32), ref.result()
+        return self.reward.submit("score", table).result(), ref.result()
 
     def normalize_scores(self, score):
         if self.cfg.ppo.score_norm == "running":
@@ -444,13 +454,18 @@ class PPOSystem:
             out.append(self.data.ptx[self.ptx_order.pop()])
         return out
 
-    def gold_mean(self, table) -> float:
-        """Mean hidden gold score of the table's responses (monitoring only: nothing trains on it)."""
+    def gold_scores(self, table) -> list[float]:
+        """Hidden gold score of each of the table's responses (monitoring, or the reward with
+        reward_source=gold)."""
         from rlhf_dist.data import prompt_text
 
         texts = self.tok.batch_decode(table.column("response_ids").to_pylist(), skip_special_tokens=True)
         ids = table.column("prompt_id").to_pylist()
-        return sum(float(self.task.gold_score(prompt_text(self.data.prompts[i]), t)) for i, t in zip(ids, texts)) / len(texts)
+        return [float(self.task.gold_score(prompt_text(self.data.prompts[i]), t)) for i, t in zip(ids, texts)]
+
+    def gold_mean(self, table) -> float:
+        scores = self.gold_scores(table)
+        return sum(scores) / len(scores)
 
     def evaluate(self, tag: str, out: Path, log=None, step: int = 0) -> dict:
         """One sample per held-out prompt at the training temperature from the current weights:

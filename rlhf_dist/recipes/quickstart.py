@@ -38,7 +38,7 @@ class QuickstartConfig:
     size: str = field(default="tiny", metadata={"help": "model size (tiny|small)"})
     vocab_size: int | None = field(default=None, metadata={"help": "BPE vocabulary of the random-init base model (None: the tokenizer default, 1024)"})
     cpus: float = field(default=2.0, metadata={"help": "CPUs for the learner rank in stages 2-4"})
-    pretrain_epochs: float = field(default=8.0, metadata={"help": "passes over the pretraining corpus"})
+    pretrain_epochs: float = field(default=10.0, metadata={"help": "passes over the pretraining corpus"})
     sft_epochs: float = field(default=4.0, metadata={"help": "passes over the demonstrations"})
     rm_data: str = field(default="policy", metadata={"help": "RM rankings: policy (the labeler ranks SFT samples) or task (the task's comparisons)"})
     rank_k: int = field(default=8, metadata={"help": "SFT samples ranked per prompt (InstructGPT: 4 to 9)"})
