@@ -29,7 +29,6 @@ def test_tokenizer_special_tokens_distinct_and_bos_prepended(tiny_model_dir):
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
 
 
-
 def test_tokenizer_gives_a_word_one_id_wherever_it_stands():
     """A response's first word, encoded on its own or after the prompt's newline, gets the id the
     same word has inside the prompt; decoding gives back the original text, byte for byte."""
@@ -49,6 +48,7 @@ def test_tokenizer_gives_a_word_one_id_wherever_it_stands():
     for text in ["red box.", "sort 13 54 33.\n13 33 54.", "a\n\nb  c.", "zebra ÿ 42!\n"]:
         assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
     assert tok.decode(tok("red box.").input_ids, skip_special_tokens=True) == "red box."
+
 
 def test_position_ids_ignore_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])

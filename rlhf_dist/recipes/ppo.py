@@ -187,8 +187,10 @@ def train_ppo(cfg: PPOConfig) -> dict:
             if staleness > cfg.rollout.max_staleness:
                 raise RuntimeError(f"iteration {it}: samples are {staleness} versions old (rollout.max_staleness={cfg.rollout.max_staleness})")
             t1 = time.perf_counter()
-            # 2. Frozen models, in parallel: RM score (or the gold scorer's) and reference log-probs.
-            scores, ref_logprobs = system.score_and_reference(table, cfg.reward_source)
+            # 2. Frozen models, in parallel: RM score and reference log-probs. The hidden gold score is
+            #    monitoring only, unless reward_source=gold makes it the score (and no RM runs).
+            gold = system.gold_scores(table)
+            scores, ref_logprobs = system.score_and_reference(table, gold if cfg.reward_source == "gold" else None)
             table = add_columns(table, score=scores, ref_logprobs=ref_logprobs)
             t2 = time.perf_counter()
             # 3. Learner: log-probs and values before the update ("old"); the gap to vLLM is logged.
@@ -219,7 +221,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             record = {
                 "objective/score": c["score"].mean().item(), "objective/kl": kl_mean,
                 "objective/rlhf_reward": (targets.score - beta * targets.kl_sum).mean().item(),
-                "objective/beta": beta, "gold/train_mean": system.gold_mean(table),
+                "objective/beta": beta, "gold/train_mean": sum(gold) / len(gold),
                 "rollout/response_len": mask.sum(1).float().mean().item(),
                 "rollout/eos_rate": c["finished_with_eos"].float().mean().item(),
                 "rollout/logprob_gap_mean": gap.mean().item(), "rollout/logprob_gap_max": gap.max().item(),
@@ -419,14 +421,14 @@ class PPOSystem:
         return self.rollout_group.submit([self.data.prompt_ids[i] for i in index], index, sample_index,
                                          r.max_new_tokens, r.temperature, seed)
 
-    def score_and_reference(self, table, source: str = "rm"):
-        """(scores (B,), reference log-probs) of the table's rows; the RM's scores, or with
-        source="gold" the task's gold scorer's, computed here while the reference actors run."""
+    def score_and_reference(self, table, scores: list[float] | None = None):
+        """(scores (B,), reference log-probs) of the table's rows: the RM's scores, or the given
+        ones (reward_source=gold) without asking the RM."""
         import numpy as np
 
         ref = self.reference.submit("logprobs", table)
-        if source == "gold":
-            return np.asarray(self.gold_scores(table), dtype=np.float32), ref.result()
+        if scores is not None:
+            return np.asarray(scores, dtype=np.float32), ref.result()
         return self.reward.submit("score", table).result(), ref.result()
 
     def normalize_scores(self, score):
@@ -462,10 +464,6 @@ class PPOSystem:
         texts = self.tok.batch_decode(table.column("response_ids").to_pylist(), skip_special_tokens=True)
         ids = table.column("prompt_id").to_pylist()
         return [float(self.task.gold_score(prompt_text(self.data.prompts[i]), t)) for i, t in zip(ids, texts)]
-
-    def gold_mean(self, table) -> float:
-        scores = self.gold_scores(table)
-        return sum(scores) / len(scores)
 
     def evaluate(self, tag: str, out: Path, log=None, step: int = 0) -> dict:
         """One sample per held-out prompt at the training temperature from the current weights:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
-from rlhf_dist.models.tokenizer import DEFAULT_VOCAB_SIZE
 from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
+from rlhf_dist.models.tokenizer import DEFAULT_VOCAB_SIZE
 from rlhf_dist.recipes.train_stage import StageConfig, run_stage, split_eval
 from rlhf_dist.tasks.base import DEFAULT_TASK
 
