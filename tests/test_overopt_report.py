@@ -125,7 +125,8 @@ def test_report_command_and_its_error(run_folder, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no such run folder" in bad.stderr
 
 
-@pytest.mark.parametrize("override, message", [("rm_data=bogus", "rm_data"), ("rank_k=1", "rank_k"), ("nope=1", "nope")])
+@pytest.mark.parametrize("override, message", [("rm_data=bogus", "rm_data"), ("rank_k=1", "rank_k"), ("nope=1", "nope"),
+                                               ("base=no/such/model", "base=no/such/model")])
 def test_quickstart_bad_settings_fail_before_writing(override, message, tmp_path):
     import sys
 

@@ -39,6 +39,7 @@ class QuickstartConfig:
     vocab_size: int | None = field(default=None, metadata={"help": "BPE vocabulary of the random-init base model (None: the tokenizer default, 1024)"})
     cpus: float = field(default=2.0, metadata={"help": "CPUs for the learner rank in stages 2-4"})
     pretrain_epochs: float = field(default=10.0, metadata={"help": "passes over the pretraining corpus"})
+    base: str = field(default="", metadata={"help": "an existing base model folder (e.g. a previous run's base/model) to start from instead of pretraining; it must have been pretrained on the same task's corpus"})
     sft_epochs: float = field(default=4.0, metadata={"help": "passes over the demonstrations"})
     rm_data: str = field(default="policy", metadata={"help": "RM rankings: policy (the labeler ranks SFT samples) or task (the task's comparisons)"})
     rank_k: int = field(default=8, metadata={"help": "SFT samples ranked per prompt (InstructGPT: 4 to 9)"})
@@ -62,6 +63,8 @@ class QuickstartConfig:
             raise ValueError(f"rm_data={self.rm_data!r}: expected policy or task")
         if self.rank_k < 2 or self.rank_prompts < 1:
             raise ValueError(f"rank_k={self.rank_k}, rank_prompts={self.rank_prompts}: need rank_k >= 2 and rank_prompts >= 1")
+        if self.base and not (Path(self.base) / "config.json").is_file():
+            raise ValueError(f"base={self.base}: not a model folder (no config.json)")
 
 
 def main(argv: list[str]) -> int:
@@ -84,9 +87,14 @@ def main(argv: list[str]) -> int:
                       f"n_rl_prompts={max(2000, cfg.rank_prompts)}"]):
             return 1
         manifest = json.loads((data / "manifest.json").read_text())
-    with stage(f"2/10 pretrain a random-init {cfg.size} Llama on the corpus", timings):
-        base = pretrain(load_config(PretrainConfig, None, [f"out={out / 'base'}", f"size={cfg.size}", f"epochs={cfg.pretrain_epochs}",
-                                                           *([f"vocab_size={cfg.vocab_size}"] if cfg.vocab_size else []), *common]))
+    if cfg.base:  # pretraining is the longest stage: experiments on later stages reuse one base model
+        print(f"\n== 2/10 pretraining skipped: base={cfg.base}", flush=True)
+        base = {"model": cfg.base}
+    else:
+        with stage(f"2/10 pretrain a random-init {cfg.size} Llama on the corpus", timings):
+            base = pretrain(load_config(PretrainConfig, None, [
+                f"out={out / 'base'}", f"size={cfg.size}", f"epochs={cfg.pretrain_epochs}",
+                *([f"vocab_size={cfg.vocab_size}"] if cfg.vocab_size else []), *common]))
     with stage("3/10 SFT on the demonstrations", timings):
         tuned = sft(load_config(SFTConfig, None, [f"out={out / 'sft'}", f"init={base['model']}", f"epochs={cfg.sft_epochs}",
                                                   f"task={cfg.task}", "gold_prompts=0", *common]))
