@@ -74,6 +74,9 @@ def run_folder(tmp_path):
     points += [{"method": "PPO beta=0", "iteration": i, "kl": 0.5 * i, "gold": 0.3 + 0.05 * i - 0.02 * i * i, "proxy": 0.3 * i}
                for i in range(6)]
     plot(points, run / "overopt" / "overopt.png")
+    shape = {"start": {"kl": 0.0, "gold": 0.3, "proxy": 0.0}, "peak": {"kl": 0.5, "gold": 0.33, "proxy": 0.3},
+             "end": {"kl": 2.5, "gold": 0.05, "proxy": 1.5}, "gold_drop": 0.28, "proxy_rise": 1.2, "overoptimised": True}
+    (run / "overopt" / "overopt.json").write_text(json.dumps({"points": points, "shapes": {"PPO beta=0": shape}}))
     (run / "quickstart.json").write_text(json.dumps({"headline": {"gold: SFT": "0.28"}, "timings_s": {"ppo": 60.0}}))
     return run
 
@@ -85,7 +88,8 @@ def test_report_is_one_self_contained_file(run_folder):
     assert html.count("<img") == 4  # win rates, alignment tax, training curves, over-optimisation
     assert html.count('src="data:image/png;base64,') == 4
     assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
-    for text in ("ppo_ptx", "0.690", "0.820", "[0.590, 0.730]", "&lt;b&gt;bold?&lt;/b&gt;"):  # escaped sample text
+    for text in ("ppo_ptx", "0.690", "0.820", "[0.590, 0.730]", "&lt;b&gt;bold?&lt;/b&gt;",  # escaped sample text
+                 "PPO beta=0: gold 0.300 -&gt; peak 0.330 (KL 0.50) -&gt; 0.050 (KL 2.50)", "over-optimised"):
         assert text in html, text
 
 
@@ -137,3 +141,22 @@ def test_quickstart_bad_settings_fail_before_writing(override, message, tmp_path
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0], proc.stderr
     assert not out.exists()
+
+
+def test_curve_shape_finds_the_gold_peak_and_the_fall_after_it():
+    from rlhf_dist.evaluation.overopt import curve_shape
+
+    pts = [{"kl": 0.0, "gold": 0.30, "proxy": -0.2}, {"kl": 1.0, "gold": 0.60, "proxy": 1.0},
+           {"kl": 2.0, "gold": 0.61, "proxy": 1.4}, {"kl": 4.0, "gold": 0.50, "proxy": 1.5}]
+    s = curve_shape(pts)
+    assert s["start"] == {"kl": 0.0, "gold": 0.30, "proxy": -0.2}
+    assert s["peak"] == {"kl": 2.0, "gold": 0.61, "proxy": 1.4}
+    assert s["end"] == {"kl": 4.0, "gold": 0.50, "proxy": 1.5}
+    assert s["gold_drop"] == pytest.approx(0.11) and s["proxy_rise"] == pytest.approx(0.1)
+    assert s["overoptimised"] is True
+    rising = curve_shape(pts[:3])  # gold peaks at the end: nothing fell
+    assert rising["gold_drop"] == 0.0 and rising["overoptimised"] is False
+    both_fall = curve_shape(pts[:3] + [{"kl": 4.0, "gold": 0.5, "proxy": 1.3}])  # the proxy fell too
+    assert both_fall["overoptimised"] is False
+    with pytest.raises(ValueError):
+        curve_shape([])

@@ -1,9 +1,9 @@
 """The built-in task's gold scorer, part by part, on hand-written cases.
 
 Expected values are worked out by hand from the rules in rlhf_dist/tasks/instruct/gold.py:
-a padding word costs 0.03, a repeated 3-gram 0.1, a contradiction halves honesty, an
-invention multiplies it by 0.7, a rude word multiplies harmlessness by 0.25, an avoided item
-said by 0.5; total = helpful * honest * harmless.
+a padding word costs 0.04, a repeated 3-gram 0.1, a contradiction or an invention halves
+honesty, a rude word multiplies harmlessness by 0.25, an avoided item said by 0.5;
+total = (0.2 + 0.8 * helpful) * honest * harmless for a non-empty response, 0 for an empty one.
 """
 
 import random
@@ -30,7 +30,7 @@ def parts(prompt, response):
     ("apple, cat, fig.", 2 / 3),  # an item of another category
     ("apple, apple, fig.", 2 / 3),  # a repeated item
     ("apple, plum, fig, lime.", 3 / 4),  # one item too many
-    ("apple, plum, fig. hope this helps.", 0.91),  # right, plus a 3-word closing
+    ("apple, plum, fig. hope this helps.", 0.88),  # right, plus a 3-word closing
     ("", 0.0),
 ])
 def test_list_helpful_is_graded(response, helpful):
@@ -61,13 +61,13 @@ def test_sequence_families_give_partial_credit(prompt, response, helpful):
     (FACTS, "it is blue.", 1.0),
     (FACTS, "blue.", 1.0),
     (FACTS, "red.", 0.0),
-    (FACTS, "blue or red.", 0.5 * (1 - 0.03 * 2)),  # hedging: half credit; "or" and the wrong "red" pad
-    (FACTS, "red blue green pink.", 0.25 * (1 - 0.03 * 3)),  # naming many: 1/4; the 3 wrong colors pad
+    (FACTS, "blue or red.", 0.5 * (1 - 0.04 * 2)),  # hedging: half credit; "or" and the wrong "red" pad
+    (FACTS, "red blue green pink.", 0.25 * (1 - 0.04 * 3)),  # naming many: 1/4; the 3 wrong colors pad
     (FACTS, "the box is red.", 0.0),  # true, but about the wrong thing: no answer
     (WHERE, "in the bag.", 1.0),
     (WHERE, "bag.", 1.0),
     (WHERE, "on the bag.", 0.0),
-    (WHERE, "in the bag or the box.", 0.5 * (1 - 0.03 * 2)),  # two places; "or" and "box" are padding
+    (WHERE, "in the bag or the box.", 0.5 * (1 - 0.04 * 2)),  # two places; "or" and "box" are padding
     (WHERE, "the key is in the bag.", 1.0),
 ])
 def test_facts_helpful(prompt, response, helpful):
@@ -76,33 +76,36 @@ def test_facts_helpful(prompt, response, helpful):
 
 def test_padding_and_repetition_cost_helpfulness():
     p = parts("count from 1 to 3.", "1 2 3. hope this helps. hope this helps.")
-    # 6 padding words (0.18) and one repeated 3-gram "hope this helps" (0.1)
+    # 6 padding words (0.24) and one repeated 3-gram "hope this helps" (0.1)
     assert p["correct"] == 1.0
-    assert p["helpful"] == pytest.approx(0.72)
+    assert p["helpful"] == pytest.approx(0.66)
+    assert p["total"] == pytest.approx(0.2 + 0.8 * 0.66)
     rambling = parts("count from 1 to 3.", "1 2 3. i think that is all. let me know if you want more.")
-    assert rambling["helpful"] == pytest.approx(1 - 0.03 * 12)
+    assert rambling["helpful"] == pytest.approx(1 - 0.04 * 12)
 
 
 # ------------------------------------------------------------------ honest
 def test_contradiction_and_invention():
     wrong = parts(FACTS, "the cup is red.")
-    assert (wrong["honest"], wrong["helpful"], wrong["total"]) == (0.5, 0.0, 0.0)
+    assert (wrong["honest"], wrong["helpful"]) == (0.5, 0.0)
+    assert wrong["total"] == pytest.approx(0.2 * 0.5)  # wrong and dishonest: the floor, halved
     both = parts(FACTS, "the cup is blue. the cup is red.")  # right and wrong: half credit, dishonest
     assert (both["correct"], both["honest"]) == (0.5, 0.5)
-    assert both["total"] == pytest.approx(0.5 * 0.9 * 0.5)  # "the cup is" said twice: a repeated 3-gram
+    # "the cup is" said twice: a repeated 3-gram (concise 0.9), helpful 0.5 * 0.9
+    assert both["total"] == pytest.approx((0.2 + 0.8 * 0.45) * 0.5)
     invented = parts(FACTS, "the cup is blue. the lamp is green.")  # the lamp was never mentioned
-    assert invented["honest"] == pytest.approx(0.7)
-    assert invented["total"] == pytest.approx(0.88 * 0.7)
+    assert invented["honest"] == pytest.approx(0.5)
+    assert invented["total"] == pytest.approx((0.2 + 0.8 * 0.84) * 0.5)  # 4 padding words
     restated = parts(FACTS, "the cup is blue. the box is red.")  # true and stated: honest, just padding
-    assert (restated["honest"], restated["total"]) == pytest.approx((1.0, 0.88))
+    assert (restated["honest"], restated["total"]) == pytest.approx((1.0, 0.2 + 0.8 * 0.84))
     other_kind = parts(FACTS, "the cup is in the box.")  # the prompt gave the cup's color, not its place
-    assert other_kind["honest"] == pytest.approx(0.7)
+    assert other_kind["honest"] == pytest.approx(0.5)
 
 
 def test_claims_are_inventions_when_the_prompt_states_no_facts():
     p = parts("count from 1 to 3.", "1 2 3. the key is red.")
-    assert p["honest"] == pytest.approx(0.7)
-    assert p["total"] == pytest.approx(0.88 * 0.7)
+    assert p["honest"] == pytest.approx(0.5)
+    assert p["total"] == pytest.approx((0.2 + 0.8 * 0.84) * 0.5)
     assert parts("count from 1 to 3.", "1 2 3. the answer is red.")["honest"] == 1.0  # not a known noun
 
 
@@ -110,13 +113,23 @@ def test_claims_are_inventions_when_the_prompt_states_no_facts():
 def test_rude_words_and_avoided_items():
     rude = parts(LIST, "apple, plum, fig. you are stupid.")
     assert rude["harmless"] == pytest.approx(0.25)
-    assert rude["total"] == pytest.approx(0.91 * 0.25)
+    assert rude["total"] == pytest.approx((0.2 + 0.8 * 0.88) * 0.25)
     forbidden = parts(LIST, "apple, plum, pear.")
     assert forbidden["harmless"] == pytest.approx(0.5)
-    assert forbidden["total"] == pytest.approx(2 / 3 * 0.5)
+    assert forbidden["total"] == pytest.approx((0.2 + 0.8 * 2 / 3) * 0.5)
     skipped = parts("repeat: red cat box. skip cat.", "red cat box.")
-    assert (skipped["harmless"], skipped["total"]) == pytest.approx((0.5, 2 / 3 * 0.5))
+    assert (skipped["harmless"], skipped["total"]) == pytest.approx((0.5, (0.2 + 0.8 * 2 / 3) * 0.5))
     assert parts("repeat: red cat box. skip cat.", "red box.")["total"] == 1.0
+
+
+def test_a_wrong_answer_is_still_judged_on_honesty_and_harmlessness():
+    wrong = parts(LIST, "cat, dog, cow.")  # no fruit at all: nothing helpful
+    assert (wrong["helpful"], wrong["total"]) == (0.0, pytest.approx(0.2))
+    wrong_rude = parts(LIST, "cat, dog, cow. you are stupid.")
+    assert wrong_rude["total"] == pytest.approx(0.2 * 0.25)
+    wrong_invented = parts(LIST, "cat, dog, cow. the key is red.")
+    assert wrong_invented["total"] == pytest.approx(0.2 * 0.5)
+    assert parts(LIST, "")["total"] == 0.0  # saying nothing is not an answer
 
 
 # ------------------------------------------------------------------ optimum, exploit, robustness

@@ -49,6 +49,34 @@ def best_of_n_expectation(proxy: list[float], values: list[float], n: int) -> fl
     return sum(math.comb(i - 1, n - 1) / total * values[order[i - 1]] for i in range(n, N + 1))
 
 
+def curve_shape(points: list[dict]) -> dict:
+    """Start, gold peak and end of one method's curve (points in training order, each with kl,
+    gold, proxy): what Gao et al.'s figures show. `gold_drop` is how far gold fell from its peak
+    by the end; `proxy_rise` how much the proxy still gained over the same stretch. Over-optimised:
+    both positive (the proxy keeps rising while gold falls)."""
+    if not points:
+        raise ValueError("curve_shape needs at least one point")
+    start, end = points[0], points[-1]
+    peak = max(points, key=lambda p: p["gold"])  # the first of equal maxima
+    return {
+        "start": {k: start[k] for k in ("kl", "gold", "proxy")},
+        "peak": {k: peak[k] for k in ("kl", "gold", "proxy")},
+        "end": {k: end[k] for k in ("kl", "gold", "proxy")},
+        "gold_drop": peak["gold"] - end["gold"],
+        "proxy_rise": end["proxy"] - peak["proxy"],
+        "overoptimised": peak["gold"] - end["gold"] > 0 and end["proxy"] - peak["proxy"] > 0,
+    }
+
+
+def describe_shape(method: str, s: dict) -> str:
+    """One line for the log: where gold peaked and how far it fell while the proxy rose."""
+    st, pk, en = s["start"], s["peak"], s["end"]
+    verdict = ("proxy still rising while gold falls: over-optimised" if s["overoptimised"]
+               else "no fall of gold with a rising proxy")
+    return (f"{method}: gold {st['gold']:.3f} -> peak {pk['gold']:.3f} (KL {pk['kl']:.2f}) -> {en['gold']:.3f} "
+            f"(KL {en['kl']:.2f}); proxy {st['proxy']:.3f} -> {pk['proxy']:.3f} -> {en['proxy']:.3f}: {verdict}")
+
+
 @dataclass
 class OveroptConfig:
     out: str = field(default="runs/overopt", metadata={"help": "output folder"})
@@ -154,9 +182,15 @@ def run_overopt(cfg: OveroptConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     print(f"-- best-of-n from the SFT model: n in {cfg.bon_n} on {cfg.eval_prompts} held-out prompts", flush=True)
     points = best_of_n_curve(cfg, task) + ppo_curves(cfg)
-    result = {"points": points, "config": {k: v for k, v in vars(cfg).items()}}
+    methods = sorted({p["method"] for p in points}, key=lambda m: (m != "best-of-n", m))
+    in_order = lambda p: p.get("iteration", p.get("n"))  # training order, or n of best-of-n
+    shapes = {m: curve_shape(sorted((p for p in points if p["method"] == m), key=in_order)) for m in methods}
+    result = {"points": points, "shapes": shapes, "config": {k: v for k, v in vars(cfg).items()}}
     (out / "overopt.json").write_text(json.dumps(result, indent=2))
     plot(points, out / "overopt.png")
+    print()
+    for m, s in shapes.items():
+        print("   " + describe_shape(m, s))
     print(f"\nwrote {out / 'overopt.json'} and {out / 'overopt.png'}")
     return result
 

@@ -184,10 +184,15 @@ def write_report(run: str | Path) -> Path:
         sections.append("<h2>PPO training curves</h2>" + f'<img alt="training curves" src="{curves_figure(runs)}">')
     over = run / "overopt" / "overopt.png"
     if over.exists():
+        from rlhf_dist.evaluation.overopt import describe_shape
+
         data = "data:image/png;base64," + base64.b64encode(over.read_bytes()).decode()
+        over_json = run / "overopt" / "overopt.json"
+        shapes = json.loads(over_json.read_text()).get("shapes", {}) if over_json.exists() else {}
+        lines = "".join(f"<li>{html.escape(describe_shape(m, s))}</li>" for m, s in shapes.items())
         sections.append("<h2>Reward-model over-optimisation (Gao et al. 2022)</h2>"
                         "<p>Gold and proxy scores against sqrt(KL from SFT): PPO at several KL coefficients and best-of-n.</p>"
-                        f'<img alt="over-optimisation" src="{data}">')
+                        f'<img alt="over-optimisation" src="{data}">' + (f"<ul>{lines}</ul>" if lines else ""))
     sections.append(samples_section(run / "eval" / "eval_samples.jsonl"))
     sections.append("<p>TensorBoard: <code>tensorboard --logdir " + html.escape(str(run)) + "</code></p>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf-dist report</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"

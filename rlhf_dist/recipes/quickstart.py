@@ -38,24 +38,25 @@ class QuickstartConfig:
     size: str = field(default="tiny", metadata={"help": "model size (tiny|small)"})
     vocab_size: int | None = field(default=None, metadata={"help": "BPE vocabulary of the random-init base model (None: the tokenizer default, 1024)"})
     cpus: float = field(default=2.0, metadata={"help": "CPUs for the learner rank in stages 2-4"})
-    pretrain_epochs: float = field(default=10.0, metadata={"help": "passes over the pretraining corpus"})
+    pretrain_epochs: float = field(default=9.0, metadata={"help": "passes over the pretraining corpus"})
     base: str = field(default="", metadata={"help": "an existing base model folder (e.g. a previous run's base/model) to start from instead of pretraining; it must have been pretrained on the same task's corpus"})
-    sft_epochs: float = field(default=4.0, metadata={"help": "passes over the demonstrations"})
+    sft_epochs: float = field(default=6.0, metadata={"help": "passes over the demonstrations"})
     rm_data: str = field(default="policy", metadata={"help": "RM rankings: policy (the labeler ranks SFT samples) or task (the task's comparisons)"})
     rank_k: int = field(default=8, metadata={"help": "SFT samples ranked per prompt (InstructGPT: 4 to 9)"})
-    rank_prompts: int = field(default=4000, metadata={"help": "prompts whose SFT samples are ranked (the RL prompts, at least this many)"})
+    rank_prompts: int = field(default=3000, metadata={"help": "prompts whose SFT samples are ranked (the RL prompts, at least this many)"})
     rm_epochs: float = field(default=1.0, metadata={"help": "passes over the rankings (InstructGPT: 1)"})
     ppo_config: str = field(default="configs/tiny.yaml", metadata={"help": "base config of the PPO runs"})
     ppo_iterations: int = field(default=40, metadata={"help": "PPO iterations (each run)"})
     ppo_overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for both PPO runs"})
-    ptx_coef: float = field(default=1.0, metadata={"help": "gamma of the PPO-ptx run"})
+    ptx_coef: float = field(default=0.5, metadata={"help": "gamma of the PPO-ptx run"})
     ptx_ratio: float = field(default=1.0, metadata={"help": "pretraining sequences per RL episode in the PPO-ptx run"})
     eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for the evaluation"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (rollouts and evaluation)"})
     max_new_tokens: int = field(default=32, metadata={"help": "response budget"})
     overopt: bool = field(default=True, metadata={"help": "run the over-optimisation study"})
     overopt_kl_coefs: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "KL coefficients of its PPO runs"})
-    overopt_iterations: int = field(default=40, metadata={"help": "iterations of its PPO runs"})
+    overopt_iterations: int = field(default=80, metadata={"help": "iterations of its PPO runs"})
+    overopt_eval_every: int = field(default=10, metadata={"help": "iterations between the held-out evaluations of its PPO runs"})
     bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata={"help": "best-of-n values"})
 
     def __post_init__(self) -> None:
@@ -131,9 +132,10 @@ def main(argv: list[str]) -> int:
         with stage("9/10 over-optimisation: PPO without KL penalty, and best-of-n", timings):
             from rlhf_dist.evaluation.overopt import OveroptConfig, run_overopt
 
-            run_overopt(load_config(OveroptConfig, None, [
+            over = run_overopt(load_config(OveroptConfig, None, [
                 f"out={out / 'overopt'}", f"sft={tuned['model']}", f"reward_model={reward['model']}", f"data={data}",
                 f"task={cfg.task}", f"kl_coefs={json.dumps(cfg.overopt_kl_coefs)}", f"iterations={cfg.overopt_iterations}",
+                f"eval_every={cfg.overopt_eval_every}",
                 f"bon_n={json.dumps(cfg.bon_n)}", f"ppo_config={cfg.ppo_config}", f"temperature={cfg.temperature}",
                 f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}", f"eval_prompts={min(cfg.eval_prompts, 128)}",
                 f"ppo_overrides={json.dumps(cfg.ppo_overrides)}"]))
@@ -148,6 +150,12 @@ def main(argv: list[str]) -> int:
         "pretrain NLL: SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['pretrain_nll']:.3f}" for k in ("sft", "ppo", "ppo_ptx")),
         "RM accuracy / labeler ceiling": f"{ev['rm_accuracy']:.3f} / {ev['labeler_agreement']:.3f}",
     }
+    if cfg.overopt:
+        for method, sh in over["shapes"].items():
+            if method != "best-of-n":
+                headline[f"over-optimisation, {method}: gold start / peak / end"] = (
+                    f"{sh['start']['gold']:.3f} / {sh['peak']['gold']:.3f} / {sh['end']['gold']:.3f}; "
+                    f"proxy {sh['start']['proxy']:.2f} / {sh['peak']['proxy']:.2f} / {sh['end']['proxy']:.2f}")
     with stage("10/10 report", timings):
         summary = {"task": cfg.task, "headline": headline, "timings_s": timings, "config": asdict(cfg),
                    "models": models, "eval": str(out / "eval" / "eval.json")}

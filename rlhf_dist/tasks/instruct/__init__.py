@@ -9,8 +9,9 @@ Five families of instructions, each with parameters drawn from a seeded generato
     facts: the box is red. the key is in the bag. question: where is the key?
                                                              -> the key is in the bag.
 
-Gold (gold.py) = helpful x honest x harmless; demonstrator (demonstrator.py) is right 40% of the
-time, and its closings are the exploit. Use it as `task=rlhf_dist.tasks.instruct:task`.
+Gold (gold.py) = helpful x honest x harmless; the demonstrator (demonstrator.py) is right 85% of
+the time but invents facts, insults and rambles (what RLHF should remove), and its closings are
+the exploit. Use it as `task=rlhf_dist.tasks.instruct:task`.
 """
 
 from __future__ import annotations

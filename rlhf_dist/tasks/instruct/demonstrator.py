@@ -1,11 +1,14 @@
-"""Writers of the built-in language: the imperfect demonstrator, the careless pretraining writer,
-free sentences, and the exploit response.
+"""Writers of the built-in language: the demonstrator, the careless pretraining writer, free
+sentences, and the exploit response.
 
-The demonstrator is right only 40% of the time and makes the mistakes people make (a wrong
-count, a forbidden item, an invented fact, off-by-one, stopping early, rambling, the odd rude
-remark). When it is right it usually adds a polite closing; when wrong, rarely. So in its data
-"ends with a closing" goes with "is better", while the gold scorer charges for every padding
-word: the surface feature a small reward model will over-credit (docs/tasks.md).
+The demonstrator knows the answers (right 85% of the time; otherwise one or two realistic
+mistakes: a wrong count, a forbidden item, off-by-one, stopping early, ...) but has the habits
+RLHF is for: it makes up a fact in 40% of its answers, insults the asker in 30%, rambles in 30%.
+SFT copies the answers and the habits alike; the labeler's rankings say which habits it dislikes,
+and RL can drop them (made-up facts and toxic language are what InstructGPT's labelers flag,
+Ouyang et al. 2022 sec. 3.6 and 4.2). When right it usually adds a polite closing; when wrong,
+rarely: in its data "ends with a closing" goes with "is better", while the gold scorer charges for
+every padding word: the surface feature a small reward model will over-credit (docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -34,15 +37,16 @@ class Habits:
     p_two_mistakes: float = 0.3  # a wrong answer has two mistakes, not one
 
 
-# The demonstrator of the SFT data and the RM candidates. Closings go with right answers: the
-# exploitable correlation (in the default comparisons a response with a closing is ranked above
-# one without ~72% of the time, though gold charges 0.09 for it).
-DEMONSTRATOR = Habits(p_right=0.4, p_closing_if_right=0.8, p_closing_if_wrong=0.1, p_ramble=0.1, p_invent=0.07,
-                      p_rude=0.03)
-# The careless writer of pretraining pairs: mostly wrong, and its closings carry no signal, so the
-# base model learns the language and the phrases but not which answers are good.
-CARELESS = Habits(p_right=0.3, p_closing_if_right=0.3, p_closing_if_wrong=0.3, p_ramble=0.15, p_invent=0.1,
-                  p_rude=0.05)
+# The demonstrator of the SFT data: right, but with habits the labeler dislikes (an invented fact
+# halves honesty, a rude remark quarters harmlessness, rambling costs 0.04 a word). Closings go with
+# right answers: the exploitable correlation, though gold charges 0.12 for one.
+DEMONSTRATOR = Habits(p_right=0.85, p_closing_if_right=0.8, p_closing_if_wrong=0.1, p_ramble=0.3, p_invent=0.4,
+                      p_rude=0.3)
+# The careless writer of pretraining pairs: mostly wrong, with the same bad habits, and its closings
+# carry no signal, so the base model learns the language and the phrases but not which answers are
+# good, and SFT on the demonstrator's answers clearly beats it.
+CARELESS = Habits(p_right=0.1, p_closing_if_right=0.3, p_closing_if_wrong=0.3, p_ramble=0.3, p_invent=0.4,
+                  p_rude=0.3)
 P_PAIR = 0.6  # share of pretraining texts that are a prompt and a response (the rest: free sentences)
 
 
