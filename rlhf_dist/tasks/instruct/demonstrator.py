@@ -42,11 +42,12 @@ class Habits:
 # right answers: the exploitable correlation, though gold charges 0.12 for one.
 DEMONSTRATOR = Habits(p_right=0.85, p_closing_if_right=0.8, p_closing_if_wrong=0.1, p_ramble=0.3, p_invent=0.4,
                       p_rude=0.3)
-# The careless writer of pretraining pairs: mostly wrong, with the same bad habits, and its closings
-# carry no signal, so the base model learns the language and the phrases but not which answers are
-# good, and SFT on the demonstrator's answers clearly beats it.
-CARELESS = Habits(p_right=0.1, p_closing_if_right=0.3, p_closing_if_wrong=0.3, p_ramble=0.3, p_invent=0.4,
-                  p_rude=0.3)
+# The careless writer of pretraining pairs: mostly wrong, with the same habits and more of them (web
+# text is worse than paid demonstrations), and its closings carry no signal, so the base model
+# learns the language and the phrases but not which answers are good, and SFT clearly beats it
+# (with the demonstrator's habit rates here, base and SFT were within 0.01 gold on 500 prompts).
+CARELESS = Habits(p_right=0.1, p_closing_if_right=0.3, p_closing_if_wrong=0.3, p_ramble=0.4, p_invent=0.6,
+                  p_rude=0.5)
 P_PAIR = 0.6  # share of pretraining texts that are a prompt and a response (the rest: free sentences)
 
 
