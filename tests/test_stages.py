@@ -33,7 +33,7 @@ def pipeline(tmp_path_factory):
         "n_eval_prompts=16", "n_comparisons=96", "n_comparisons_heldout=32", "probe=0")
     run("pretrain", "--out", root / "base", f"data={data}", "size=tiny", "batch_size=32", "epochs=2",
         "learner.micro_batch_size=16", "optim.lr=3e-3", "save_every=40", *COMMON)
-    run("sft", "--out", root / "sft", f"data={data}", f"init={root / 'base' / 'model'}", "batch_size=16", "epochs=1",
+    run("sft", "--out", root / "sft", f"data={data}", f"init={root / 'base' / 'model'}", "batch_size=16", "epochs=2",
         "learner.num_ranks=2", "learner.zero_stage=3", "learner.micro_batch_size=4", "gold_prompts=16", *COMMON)
     run("rm", "--out", root / "rm", f"data={data}", f"init={root / 'sft' / 'model'}", "batch_size=16",
         "learner.num_ranks=2", "learner.micro_batch_size=4", *COMMON)
