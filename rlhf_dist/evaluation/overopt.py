@@ -146,6 +146,11 @@ def ppo_curves(cfg: OveroptConfig) -> list[dict]:
     return sorted(points, key=lambda p: (p["method"], p["iteration"]))
 
 
+def methods_of(points: list[dict]) -> list[str]:
+    """The curves in `points`, best-of-n first, then the PPO runs by name."""
+    return sorted({p["method"] for p in points}, key=lambda m: (m != "best-of-n", m))
+
+
 def plot(points: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -153,8 +158,7 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({p["method"] for p in points}, key=lambda m: (m != "best-of-n", m))
-    for method in methods:
+    for method in methods_of(points):
         pts = [p for p in points if p["method"] == method]
         d = [math.sqrt(p["kl"]) for p in pts]
         style = dict(marker="s" if method == "best-of-n" else "o", linestyle="--" if method == "best-of-n" else "-")
@@ -182,9 +186,8 @@ def run_overopt(cfg: OveroptConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     print(f"-- best-of-n from the SFT model: n in {cfg.bon_n} on {cfg.eval_prompts} held-out prompts", flush=True)
     points = best_of_n_curve(cfg, task) + ppo_curves(cfg)
-    methods = sorted({p["method"] for p in points}, key=lambda m: (m != "best-of-n", m))
     in_order = lambda p: p.get("iteration", p.get("n"))  # training order, or n of best-of-n
-    shapes = {m: curve_shape(sorted((p for p in points if p["method"] == m), key=in_order)) for m in methods}
+    shapes = {m: curve_shape(sorted((p for p in points if p["method"] == m), key=in_order)) for m in methods_of(points)}
     result = {"points": points, "shapes": shapes, "config": {k: v for k, v in vars(cfg).items()}}
     (out / "overopt.json").write_text(json.dumps(result, indent=2))
     plot(points, out / "overopt.png")

@@ -39,7 +39,7 @@ class Habits:
 
 # The demonstrator of the SFT data: right, but with habits the labeler dislikes (an invented fact
 # halves honesty, a rude remark quarters harmlessness, rambling costs 0.04 a word). Closings go with
-# right answers: the exploitable correlation, though gold charges 0.12 for one.
+# right answers: the exploitable correlation, though gold charges ~0.10 for one.
 DEMONSTRATOR = Habits(p_right=0.85, p_closing_if_right=0.8, p_closing_if_wrong=0.1, p_ramble=0.3, p_invent=0.4,
                       p_rude=0.3)
 # The careless writer of pretraining pairs: mostly wrong, with the same habits and more of them (web
