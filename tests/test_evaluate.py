@@ -229,3 +229,56 @@ def test_unknown_baseline_names_the_key(ppo_models, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "baseline='ppo'" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "eval").exists()
+
+
+def test_accuracy_by_part_on_a_hand_worked_example():
+    from rlhf_dist.evaluation.evaluate import accuracy_by_part
+
+    right = {"total": 1.0, "correct": 1.0, "helpful": 1.0, "rude": 0.0}
+    wrong = {"total": 0.2, "correct": 0.0, "helpful": 0.2, "rude": 0.0}
+    right_rude = {"total": 0.5, "correct": 1.0, "helpful": 1.0, "rude": 1.0}
+    tie = {"total": 0.5, "correct": 0.0, "helpful": 0.6, "rude": 0.0}
+    # Pairs (gold order; the scorer): right > wrong, scored 0 < 1: missed. right > right_rude, scored
+    # 0 = 0: half. right_rude > wrong, scored 0 < 1: missed. The last prompt's pair ties in gold: left out.
+    got = accuracy_by_part([[right, wrong, right_rude], [right_rude, tie]], [[0.0, 1.0, 0.0], [5.0, 0.0]])
+    assert got["correct"] == {"pairs": 2, "accuracy": 0.0, "only_pairs": 1, "only_accuracy": 0.0, "moves_with": ["helpful"]}
+    assert got["helpful"] == {"pairs": 2, "accuracy": 0.0, "only_pairs": 1, "only_accuracy": 0.0, "moves_with": ["correct"]}
+    assert got["rude"] == {"pairs": 2, "accuracy": 0.25, "only_pairs": 1, "only_accuracy": 0.5, "moves_with": []}
+    # A scorer that is the gold total itself agrees everywhere.
+    exact = accuracy_by_part([[right, wrong, right_rude]], [[1.0, 0.2, 0.5]])
+    assert all(v["accuracy"] == 1.0 and v["only_accuracy"] == 1.0 for v in exact.values())
+
+
+def test_gold_parts_per_model_and_rm_accuracy_by_part_by_brute_force(evaluated):
+    from transformers import AutoTokenizer
+
+    from rlhf_dist.data import load_comparisons
+    from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
+
+    task = load_task(DEFAULT_TASK)
+    for name, m in evaluated["report"]["models"].items():
+        rows = rows_of(evaluated, name)
+        for key, mean in m["gold_parts"].items():
+            assert mean == pytest.approx(statistics.fmean(task.gold_parts(r["prompt"], r["response"])[key] for r in rows), abs=1e-12)
+        assert m["gold_parts"]["total"] == pytest.approx(m["gold_score"], abs=1e-12)
+    tok = AutoTokenizer.from_pretrained(evaluated["rm"])
+    reward = _hf_rewards(evaluated["rm"])
+    hits: dict[str, list[float]] = {}
+    close: dict[str, int] = {}  # pairs scored within 1e-4 (batched vs single forward may order them either way)
+    for c in load_comparisons(evaluated["data"] / "comparisons_heldout.jsonl"):
+        prompt_ids = tok(c.prompt + "\n").input_ids
+        scores = [reward(prompt_ids + tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id]) for r in c.responses]
+        parts = [task.gold_parts(c.prompt, r) for r in c.responses]
+        for a in range(len(parts)):
+            for b in range(len(parts)):
+                if parts[a]["total"] > parts[b]["total"]:  # every pair once, better one first
+                    credit = 1.0 if scores[a] > scores[b] else 0.0 if scores[a] < scores[b] else 0.5
+                    for k in parts[a]:
+                        if k != "total" and parts[a][k] != parts[b][k]:
+                            hits.setdefault(k, []).append(credit)
+                            close[k] = close.get(k, 0) + (abs(scores[a] - scores[b]) < 1e-4)
+    by_part = evaluated["report"]["rm_accuracy_by_part"]
+    assert sorted(by_part) == sorted(hits)
+    for k, credits in hits.items():
+        assert by_part[k]["pairs"] == len(credits)
+        assert by_part[k]["accuracy"] == pytest.approx(statistics.fmean(credits), abs=(close.get(k, 0) + 1e-9) / len(credits))

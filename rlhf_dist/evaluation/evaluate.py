@@ -14,8 +14,11 @@ every model):
                           own samples (pi_T: softmax(logits / temperature), as PPO's KL penalty)
     pretrain_nll          token-mean NLL on held-out pretraining text: the alignment tax
     response_len, eos_rate
-and once: `rm_accuracy` (the RM's pairwise accuracy on held-out rankings) and `labeler_agreement`
-(the gold scorer's own accuracy on the same pairs: the ceiling for any RM).
+    gold_parts            mean of each part of the gold score, when the task exposes `gold_parts`
+and once: `rm_accuracy` (the RM's pairwise accuracy on held-out rankings), `labeler_agreement`
+(the gold scorer's own accuracy on the same pairs: the ceiling for any RM) and, with
+`gold_parts`, `rm_accuracy_by_part` (how often the RM orders held-out pairs as gold does,
+by the part they differ in: a part the RM is blind to is one PPO cannot improve).
 
 Files in `out`: eval.json (the numbers and the config) and eval_samples.jsonl (one row per model
 and prompt: prompt, response, token ids, vLLM log-probs, gold, proxy, KL, win outcome), both
@@ -174,6 +177,21 @@ def pretrain_nll(model, seqs: list, pad_id: int, micro_batch_size: int) -> float
     return sums["nll_sum"] / sums["tokens"]
 
 
+def rm_accuracy_by_part(rm, inputs: "EvalInputs", pad_id: int, micro_batch_size: int) -> dict[str, dict]:
+    """`accuracy_by_part` of the RM on the held-out comparisons (every response scored once)."""
+    from rlhf_dist.data import prompt_text
+    from rlhf_dist.tasks.base import gold_parts
+
+    flat = [(it.prompt_ids, r) for it in inputs.comparison_items for r in it.response_ids]
+    flat_scores = rm_rewards(rm, [p for p, _ in flat], [r for _, r in flat], pad_id, micro_batch_size)
+    scores, parts, at = [], [], 0
+    for c, it in zip(inputs.comparisons, inputs.comparison_items):
+        scores.append(flat_scores[at : at + len(it.response_ids)])
+        at += len(it.response_ids)
+        parts.append([gold_parts(inputs.task, prompt_text(c.prompt), r) for r in c.responses])
+    return accuracy_by_part(parts, scores)
+
+
 def rm_accuracy(rm, items: list, pad_id: int, micro_batch_size: int) -> tuple[float, int]:
     """(pairwise accuracy, strict pairs) of the RM over TokenizedComparison items, computed by the
     RM objective itself (`engines.objectives`, forward only): every C(K, 2) pair whose ranks
@@ -183,6 +201,48 @@ def rm_accuracy(rm, items: list, pad_id: int, micro_batch_size: int) -> tuple[fl
     device = next(rm.parameters()).device
     sums = run_micro_batches(OBJECTIVES["rm"], rm, list(_chunks(items, micro_batch_size)), pad_id, 1.0, device, None)
     return sums["correct_pairs"] / sums["pairs"], int(sums["pairs"])
+
+
+def mean_parts(parts: list[dict]) -> dict[str, float]:
+    """Mean of each gold part (`tasks.base.gold_parts`) over a model's responses."""
+    return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]} if parts else {}
+
+
+def accuracy_by_part(parts: list[list[dict]], scores: list[list[float]], implied: float = 0.95) -> dict[str, dict]:
+    """What a scorer (the RM) sees of each gold part: where an RM is blind, PPO cannot improve.
+
+    parts[c][k]: gold parts of response k to prompt c (with "total"); scores[c][k]: its score.
+    Over every pair of responses to one prompt whose gold totals differ, for each part p but
+    the total:
+      pairs, accuracy: the pairs where p differs, and the share the scorer orders as the gold
+          total does (a tie in scores counts half);
+      only_pairs, only_accuracy: the same over the pairs where nothing else differs but the
+          parts that move with p (those that differ in >= `implied` of the pairs where p does,
+          like a sub-total it feeds: "helpful" moves with "correct"). The telling figure: on
+          pairs that differ in correctness alone, does the RM prefer the right answer?
+    -> {p: {"pairs", "accuracy", "only_pairs", "only_accuracy", "moves_with"}}; only_accuracy
+    is None when no pair differs in p alone.
+    """
+    pairs: list[tuple[frozenset, float]] = []  # (parts that differ, the scorer's credit)
+    for ps, ss in zip(parts, scores):
+        for i in range(len(ps)):
+            for j in range(i + 1, len(ps)):
+                gold = ps[i]["total"] - ps[j]["total"]
+                if gold == 0:
+                    continue
+                score = ss[i] - ss[j]
+                right = 0.5 if score == 0 else float((score > 0) == (gold > 0))
+                pairs.append((frozenset(k for k in ps[i] if k != "total" and ps[i][k] != ps[j][k]), right))
+    names = sorted({k for d, _ in pairs for k in d})
+    out = {}
+    for p in names:
+        with_p = [(d, r) for d, r in pairs if p in d]
+        moves = {q for q in names if sum(q in d for d, _ in with_p) >= implied * len(with_p)}
+        only = [r for d, r in with_p if d <= moves]
+        out[p] = {"pairs": len(with_p), "accuracy": sum(r for _, r in with_p) / len(with_p),
+                  "only_pairs": len(only), "only_accuracy": sum(only) / len(only) if only else None,
+                  "moves_with": sorted(moves - {p})}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +350,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     from rlhf_dist.models import load_causal_lm, load_scalar_model
     from rlhf_dist.engines.scoring import default_device
     from rlhf_dist.recipes.common import print_table, write_text_atomic
+    from rlhf_dist.tasks.base import gold_parts
     from rlhf_dist.tasks.labeler import Labeler
 
     inputs = resolve_inputs(cfg)
@@ -297,6 +358,7 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     pad, device, n = tok.pad_token_id, default_device(), len(inputs.prompts)
     texts_of_prompts = [prompt_text(p) for p in inputs.prompts]
     labeler = Labeler.for_task(task, cfg.labeler_temperature)
+    has_parts = callable(getattr(task, "gold_parts", None))  # optional in the task protocol
     print(f"== eval: {len(cfg.models)} models on {n} held-out prompts (T={cfg.temperature}, {cfg.max_new_tokens} new tokens, "
           f"seed {cfg.seed}); baseline {base}; {len(inputs.pretrain_seqs)} pretraining sequences; "
           f"{len(inputs.comparisons)} held-out comparisons", flush=True)
@@ -358,6 +420,8 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             f"win_prob_vs_{base}": win_prob,
             "win_rate_by_definition": name == base,
         }
+        if has_parts:  # what changed, part by part (e.g. correctness vs habits)
+            results[name]["gold_parts"] = mean_parts([gold_parts(task, p, y) for p, y in zip(texts_of_prompts, responses)])
         rows[name] = [
             {"model": name, "index": i, "prompt": p, "response": y, "prompt_ids": r.prompt_ids, "response_ids": r.response_ids,
              "logprobs": r.logprobs, "finished_with_eos": r.finished_with_eos, "gold": g, "proxy": q,
@@ -376,6 +440,8 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     }
     if rm is not None:
         report["rm_accuracy"], report["rm_pairs"] = rm_accuracy(rm, inputs.comparison_items, pad, cfg.micro_batch_size)
+        if has_parts:
+            report["rm_accuracy_by_part"] = rm_accuracy_by_part(rm, inputs, pad, cfg.micro_batch_size)
     if inputs.comparisons:
         from rlhf_dist.recipes.stages import labeler_ceiling
 
@@ -390,6 +456,10 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     table += [(name, _table_cells(report["models"][name], base)) for name in cfg.models]
     if report["rm_accuracy"] is not None:
         table.append(("RM accuracy", f"{report['rm_accuracy']:.3f} on {report['rm_pairs']} held-out pairs"))
+    if report.get("rm_accuracy_by_part"):
+        alone = {k: v for k, v in report["rm_accuracy_by_part"].items() if v["only_pairs"] >= 30}
+        table.append(("RM vs gold, one part", ", ".join(f"{k} {v['only_accuracy']:.2f} ({v['only_pairs']})" for k, v in alone.items())
+                      + " (pairs differing in that part alone)"))
     if report["labeler_agreement"] is not None:
         table.append(("labeler ceiling", f"{report['labeler_agreement']:.3f} (the gold scorer on the same rankings)"))
     print_table(table, f"Evaluation on {n} held-out prompts -> {out / 'eval.json'}")

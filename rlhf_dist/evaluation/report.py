@@ -130,6 +130,26 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def parts_section(ev: dict) -> str:
+    """The gold score's parts per model (what PPO changed) and the RM's accuracy on pairs that
+    differ in each part (what it can see), when the task exposes `gold_parts`."""
+    out = ""
+    models = {n: m["gold_parts"] for n, m in ev.get("models", {}).items() if m.get("gold_parts")}
+    if models:
+        keys = list(next(iter(models.values())))
+        out += ("<h3>Gold score by part (mean over the held-out samples)</h3>"
+                + _table(["model", *keys], [[n, *(p.get(k) for k in keys)] for n, p in models.items()]))
+    by_part = ev.get("rm_accuracy_by_part") or {}
+    if by_part:
+        rows = [[k, v["pairs"], v["accuracy"], v["only_pairs"], v["only_accuracy"], ", ".join(v.get("moves_with", []))]
+                for k, v in by_part.items()]
+        out += ("<h3>What the reward model sees</h3><p>Held-out pairs whose gold scores differ: how often the RM orders "
+                "them as gold does, over the pairs where a part differs, and where it differs alone (with the parts "
+                "that always move with it). A part the RM does not see is one PPO cannot improve.</p>"
+                + _table(["part", "pairs", "RM agrees", "pairs, part alone", "RM agrees", "moves with"], rows))
+    return out
+
+
 def samples_section(path: Path, per_model: int = 4) -> str:
     if not path.exists():
         return ""
@@ -178,7 +198,8 @@ def write_report(run: str | Path) -> Path:
                         + _table(["model", "win rate vs SFT", "95% CI", "gold", "proxy (RM)", "KL to SFT", "pretrain NLL", "length"], rows)
                         + f"<p>RM pairwise accuracy on held-out comparisons: {ev.get('rm_accuracy', float('nan')):.3f}; "
                           f"the labeler's own agreement ceiling: {ev.get('labeler_agreement', float('nan')):.3f}</p>"
-                        + f'<img alt="win rates" src="{win_png}"> <img alt="alignment tax" src="{tax_png}">')
+                        + f'<img alt="win rates" src="{win_png}"> <img alt="alignment tax" src="{tax_png}">'
+                        + parts_section(ev))
     runs = ppo_runs(run)
     if runs:
         sections.append("<h2>PPO training curves</h2>" + f'<img alt="training curves" src="{curves_figure(runs)}">')
