@@ -150,6 +150,10 @@ def main(argv: list[str]) -> int:
         "pretrain NLL: SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['pretrain_nll']:.3f}" for k in ("sft", "ppo", "ppo_ptx")),
         "RM accuracy / labeler ceiling": f"{ev['rm_accuracy']:.3f} / {ev['labeler_agreement']:.3f}",
     }
+    alone = {k: v for k, v in (ev.get("rm_accuracy_by_part") or {}).items() if v["only_pairs"] >= 30}
+    if alone:  # what the RM can and cannot see, hence what PPO can and cannot fix
+        headline["RM agrees with gold on pairs differing in one part"] = ", ".join(
+            f"{k} {v['only_accuracy']:.2f}" for k, v in alone.items())
     if cfg.overopt:
         for method, sh in over["shapes"].items():
             if method != "best-of-n":
