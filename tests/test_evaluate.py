@@ -232,7 +232,7 @@ def test_unknown_baseline_names_the_key(ppo_models, tmp_path, capsys):
 
 
 def test_accuracy_by_part_on_a_hand_worked_example():
-    from rlhf_dist.evaluation.evaluate import accuracy_by_part
+    from rlhf_dist.evaluation.evaluate import accuracy_by_part, seen_alone
 
     right = {"total": 1.0, "correct": 1.0, "helpful": 1.0, "rude": 0.0}
     wrong = {"total": 0.2, "correct": 0.0, "helpful": 0.2, "rude": 0.0}
@@ -244,6 +244,7 @@ def test_accuracy_by_part_on_a_hand_worked_example():
     assert got["correct"] == {"pairs": 2, "accuracy": 0.0, "only_pairs": 1, "only_accuracy": 0.0, "moves_with": ["helpful"]}
     assert got["helpful"] == {"pairs": 2, "accuracy": 0.0, "only_pairs": 1, "only_accuracy": 0.0, "moves_with": ["correct"]}
     assert got["rude"] == {"pairs": 2, "accuracy": 0.25, "only_pairs": 1, "only_accuracy": 0.5, "moves_with": []}
+    assert seen_alone(got, min_pairs=1) == {"correct": 0.0, "helpful": 0.0, "rude": 0.5} and seen_alone(got) == {}
     # A scorer that is the gold total itself agrees everywhere.
     exact = accuracy_by_part([[right, wrong, right_rude]], [[1.0, 0.2, 0.5]])
     assert all(v["accuracy"] == 1.0 and v["only_accuracy"] == 1.0 for v in exact.values())

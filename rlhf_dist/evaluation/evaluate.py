@@ -208,6 +208,12 @@ def mean_parts(parts: list[dict]) -> dict[str, float]:
     return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]} if parts else {}
 
 
+def seen_alone(by_part: dict[str, dict], min_pairs: int = 30) -> dict[str, float]:
+    """{part: the RM's agreement with gold on pairs differing in it alone}, over the parts of
+    `accuracy_by_part` with at least `min_pairs` such pairs (fewer says little)."""
+    return {k: v["only_accuracy"] for k, v in by_part.items() if v["only_pairs"] >= min_pairs}
+
+
 def accuracy_by_part(parts: list[list[dict]], scores: list[list[float]], implied: float = 0.95) -> dict[str, dict]:
     """What a scorer (the RM) sees of each gold part: where an RM is blind, PPO cannot improve.
 
@@ -456,10 +462,10 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     table += [(name, _table_cells(report["models"][name], base)) for name in cfg.models]
     if report["rm_accuracy"] is not None:
         table.append(("RM accuracy", f"{report['rm_accuracy']:.3f} on {report['rm_pairs']} held-out pairs"))
-    if report.get("rm_accuracy_by_part"):
-        alone = {k: v for k, v in report["rm_accuracy_by_part"].items() if v["only_pairs"] >= 30}
-        table.append(("RM vs gold, one part", ", ".join(f"{k} {v['only_accuracy']:.2f} ({v['only_pairs']})" for k, v in alone.items())
-                      + " (pairs differing in that part alone)"))
+    alone = seen_alone(report.get("rm_accuracy_by_part") or {})
+    if alone:
+        table.append(("RM vs gold, one part", ", ".join(f"{k} {v:.2f}" for k, v in alone.items())
+                      + " (held-out pairs that differ in that part alone)"))
     if report["labeler_agreement"] is not None:
         table.append(("labeler ceiling", f"{report['labeler_agreement']:.3f} (the gold scorer on the same rankings)"))
     print_table(table, f"Evaluation on {n} held-out prompts -> {out / 'eval.json'}")

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
         ppo_ptx = train_ppo(load_config(PPOConfig, cfg.ppo_config, [
             f"out={out / 'ppo_ptx'}", f"ppo.ptx_coef={cfg.ptx_coef}", f"ppo.ptx_ratio={cfg.ptx_ratio}", *ppo_common]))
     with stage("8/10 evaluation on held-out prompts (win rate vs SFT, gold, KL, alignment tax)", timings):
-        from rlhf_dist.evaluation.evaluate import EvalConfig, evaluate_models
+        from rlhf_dist.evaluation.evaluate import EvalConfig, evaluate_models, seen_alone
 
         models = {"base": base["model"], "sft": tuned["model"], "ppo": ppo["model"], "ppo_ptx": ppo_ptx["model"]}
         ev = evaluate_models(load_config(EvalConfig, None, [
@@ -150,10 +150,9 @@ def main(argv: list[str]) -> int:
         "pretrain NLL: SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['pretrain_nll']:.3f}" for k in ("sft", "ppo", "ppo_ptx")),
         "RM accuracy / labeler ceiling": f"{ev['rm_accuracy']:.3f} / {ev['labeler_agreement']:.3f}",
     }
-    alone = {k: v for k, v in (ev.get("rm_accuracy_by_part") or {}).items() if v["only_pairs"] >= 30}
+    alone = seen_alone(ev.get("rm_accuracy_by_part") or {})
     if alone:  # what the RM can and cannot see, hence what PPO can and cannot fix
-        headline["RM agrees with gold on pairs differing in one part"] = ", ".join(
-            f"{k} {v['only_accuracy']:.2f}" for k, v in alone.items())
+        headline["RM agrees with gold on pairs differing in one part"] = ", ".join(f"{k} {v:.2f}" for k, v in alone.items())
     if cfg.overopt:
         for method, sh in over["shapes"].items():
             if method != "best-of-n":
