@@ -55,7 +55,7 @@ class QuickstartConfig:
     max_new_tokens: int = field(default=32, metadata={"help": "response budget"})
     overopt: bool = field(default=True, metadata={"help": "run the over-optimisation study"})
     overopt_kl_coefs: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "KL coefficients of its PPO runs"})
-    overopt_iterations: int = field(default=80, metadata={"help": "iterations of its PPO runs"})
+    overopt_iterations: int = field(default=60, metadata={"help": "iterations of its PPO runs"})
     overopt_eval_every: int = field(default=10, metadata={"help": "iterations between the held-out evaluations of its PPO runs"})
     bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata={"help": "best-of-n values"})
 
