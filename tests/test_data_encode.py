@@ -22,6 +22,7 @@ from rlhf_dist.data import (
     load_sft,
     load_texts,
     tokenize_comparisons,
+    tokenize_demonstrations,
     tokenize_prompts,
     tokenize_sft,
     tokenize_texts,
@@ -156,6 +157,18 @@ def test_tokenize_texts_windows_predict_every_token_once():
     assert stats == {"texts": 2, "sequences": 6, "split_texts": 2, "tokens": 8 + 4, "text_len_max": 8, "text_len_mean": 6.0, "loss_tokens": 7 + 3}
     seqs, stats = tokenize_texts(texts, WordTokenizer(), max_len=8)
     assert seqs == [full, [BOS, 11, 12, EOS]] and stats["split_texts"] == 0
+
+
+def test_tokenize_demonstrations_are_the_sft_ids_windowed():
+    """Demonstrations for the ptx mix: BOS + prompt + "\\n" + response + EOS, written out by hand."""
+    demos = [SFTExample(words(4, 5), words(6, 7)), SFTExample(words(1), words(2, 3, 4, 5, 6))]
+    seqs, stats = tokenize_demonstrations(demos, WordTokenizer(), max_len=6)
+    first = [BOS, 14, 15, NL, 16, 17, EOS]  # 7 tokens > 6: two windows overlapping by one token
+    second = [BOS, 11, NL, 12, 13, 14, 15, 16, EOS]
+    assert seqs == [first[:6], first[5:], second[:6], second[5:]]
+    assert (stats["texts"], stats["sequences"], stats["split_texts"], stats["loss_tokens"]) == (2, 4, 2, 6 + 8)
+    seqs, _ = tokenize_demonstrations(demos, WordTokenizer(), max_len=16)
+    assert seqs == [first, second]
 
 
 # --- a real BPE tokenizer: the task's data ----------------------------------------------------

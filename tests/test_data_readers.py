@@ -13,6 +13,7 @@ from rlhf_dist.data import (
     DataError,
     SFTExample,
     load_comparisons,
+    load_lm_data,
     load_prompts,
     load_records,
     load_sft,
@@ -160,6 +161,21 @@ def test_prompts_and_texts(tmp_path):
     assert load_texts(texts) == ["one\ntwo", ""]
     with pytest.raises(DataError, match=r"t2.jsonl:1: field 'text': expected a string, got list"):
         load_texts(write_jsonl(tmp_path / "t2.jsonl", [{"text": ["a"]}]))
+
+
+def test_lm_data_texts_or_demonstrations(tmp_path):
+    """The ptx reader: {text} rows -> strings; demonstrations in either SFT form -> SFTExamples."""
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "one"}, {"text": "two"}])
+    assert load_lm_data(texts) == ["one", "two"]
+    chat = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "response": "r"}, {"messages": chat}])
+    assert load_lm_data(demos) == [SFTExample("p", "r"), SFTExample([chat[0]], "a")]
+    # the first record decides the form; a later record of the other form is named by file and line
+    mixed = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "p", "response": "r"}, {"text": "t"}])
+    with pytest.raises(DataError, match=r"m.jsonl:2: .*'prompt'"):
+        load_lm_data(mixed)
+    with pytest.raises(DataError, match=r"n.jsonl:1: .*'response'"):
+        load_lm_data(write_jsonl(tmp_path / "n.jsonl", [{"prompt": "p"}]))
 
 
 # --- Parquet ---------------------------------------------------------------------------------

@@ -210,3 +210,22 @@ def test_bad_settings_fail_with_the_key_named(override, message, tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0], proc.stderr
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_ptx_mix_reads_pretraining_texts_and_demonstrations(ppo_models, tmp_path):
+    """ptx_file=A,B: the pretraining texts' sequences, then each demonstration as the ids SFT trains on."""
+    from rlhf_dist.data import encode_response, format_prompt, load_sft, load_texts
+    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.recipes.ppo import ptx_sequences
+
+    sft, _, data = ppo_models
+    tok = load_tokenizer(sft)
+    texts, demos = Path(data) / "pretrain.jsonl", Path(data) / "sft.jsonl"
+    seqs = ptx_sequences(f"{texts}, {demos}", tok, max_len=512, ptx_coef=1.0)
+    eos = tok.eos_token_id
+    expected = [list(ids) + [eos] for ids in tok(load_texts(texts))["input_ids"]]
+    expected += [format_prompt(tok, e.prompt) + encode_response(tok, e.response) for e in load_sft(demos)]
+    assert seqs == expected
+    assert all(s[-1] == eos for s in seqs) and len(seqs) == len(load_texts(texts)) + len(load_sft(demos))
+    with pytest.raises(FileNotFoundError, match=r"ptx_file='/nowhere.jsonl' not found"):
+        ptx_sequences(f"{demos},/nowhere.jsonl", tok, max_len=512, ptx_coef=1.0)

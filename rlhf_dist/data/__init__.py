@@ -1,8 +1,9 @@
 """The data layer: read data files, format and tokenise them within length budgets, collate padded
 batches, and split them into seeded minibatches and per-rank shards.
 
-    load_sft / load_comparisons / load_prompts / load_texts   (readers.py; DataError on bad files)
-    format_prompt, encode_response, tokenize_sft / tokenize_comparisons / tokenize_prompts / tokenize_texts
+    load_sft / load_comparisons / load_prompts / load_texts / load_lm_data   (readers.py; DataError on bad files)
+    format_prompt, encode_response, tokenize_sft / tokenize_comparisons / tokenize_prompts / tokenize_texts /
+    tokenize_demonstrations
     collate_sft, collate_lm, collate_comparisons, token counts                        (collate.py)
     minibatches, shard                                                               (sampling.py)
 
@@ -29,6 +30,7 @@ from rlhf_dist.data.encode import (
     has_chat_template,
     prompt_text,
     tokenize_comparisons,
+    tokenize_demonstrations,
     tokenize_prompts,
     tokenize_sft,
     tokenize_texts,
@@ -42,6 +44,7 @@ from rlhf_dist.data.readers import (
     load_prompts,
     load_records,
     load_sft,
+    load_lm_data,
     load_texts,
 )
 from rlhf_dist.data.sampling import epoch_permutation, minibatches, shard
@@ -67,6 +70,7 @@ __all__ = [
     "load_prompts",
     "load_records",
     "load_sft",
+    "load_lm_data",
     "load_texts",
     "minibatches",
     "ranked_prompt_count",
@@ -74,6 +78,7 @@ __all__ = [
     "shard",
     "token_count",
     "tokenize_comparisons",
+    "tokenize_demonstrations",
     "tokenize_prompts",
     "tokenize_sft",
     "tokenize_texts",

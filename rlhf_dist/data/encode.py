@@ -315,6 +315,23 @@ def tokenize_texts(texts: Sequence[str], tokenizer, max_len: int) -> tuple[list[
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     eos = _eos_id(tokenizer)
     encoded = [list(ids) + [eos] for ids in tokenizer(list(texts))["input_ids"]] if texts else []
+    return _windows(encoded, max_len)
+
+
+def tokenize_demonstrations(examples: Sequence[SFTExample], tokenizer, max_len: int) -> tuple[list[list[int]], dict]:
+    """Demonstrations as language-model sequences (for the ptx mix): format_prompt(prompt) +
+    encode_response(response), the very ids the SFT stage trains on (EOS included), windowed like
+    `tokenize_texts` when longer than max_len. -> (sequences, stats), the stats of `tokenize_texts`.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    prompts = format_prompts(tokenizer, [e.prompt for e in examples])
+    responses = encode_responses(tokenizer, [e.response for e in examples])
+    return _windows([p + r for p, r in zip(prompts, responses)], max_len)
+
+
+def _windows(encoded: list[list[int]], max_len: int) -> tuple[list[list[int]], dict]:
+    """Each id list as one sequence, or as windows of max_len overlapping by one token."""
     out, split = [], 0
     stride = max_len - 1
     for ids in encoded:

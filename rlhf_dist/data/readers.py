@@ -206,21 +206,21 @@ def load_sft(path: str | Path) -> list[SFTExample]:
     response (the messages before it are the prompt, a list of at least one message)."""
     located, columns = _read_located(path)
     _require_columns(Path(path), columns, [("prompt", "response"), ("messages",)])
-    out = []
-    for loc, row in located:
-        if "messages" in row:
-            messages = _messages(row, loc)
-            if messages[-1]["role"] != "assistant":
-                raise DataError(
-                    f"{loc.field('messages')}: the last message must be the assistant's response, "
-                    f"got role '{messages[-1]['role']}'"
-                )
-            if len(messages) < 2:
-                raise DataError(f"{loc.field('messages')}: no prompt message before the assistant's response")
-            out.append(SFTExample(prompt=messages[:-1], response=messages[-1]["content"]))
-        else:
-            out.append(SFTExample(prompt=_string(row, loc, "prompt"), response=_string(row, loc, "response")))
-    return out
+    return [_sft_example(row, loc) for loc, row in located]
+
+
+def _sft_example(row: dict, loc: _Loc) -> SFTExample:
+    if "messages" in row:
+        messages = _messages(row, loc)
+        if messages[-1]["role"] != "assistant":
+            raise DataError(
+                f"{loc.field('messages')}: the last message must be the assistant's response, "
+                f"got role '{messages[-1]['role']}'"
+            )
+        if len(messages) < 2:
+            raise DataError(f"{loc.field('messages')}: no prompt message before the assistant's response")
+        return SFTExample(prompt=messages[:-1], response=messages[-1]["content"])
+    return SFTExample(prompt=_string(row, loc, "prompt"), response=_string(row, loc, "response"))
 
 
 def load_comparisons(path: str | Path) -> list[Comparison]:
@@ -272,6 +272,18 @@ def load_texts(path: str | Path) -> list[str]:
     located, columns = _read_located(path)
     _require_columns(Path(path), columns, [("text",)])
     return [_string(row, loc, "text") for loc, row in located]
+
+
+def load_lm_data(path: str | Path) -> list[str] | list[SFTExample]:
+    """Language-model data for the ptx mix: pretraining texts `{text}` -> strings, or
+    demonstrations (`{prompt, response}` / `{messages}`, as `load_sft`) -> SFTExamples.
+    The first record decides which; every record must then have that form."""
+    located, columns = _read_located(path)
+    _require_columns(Path(path), columns, [("text",), ("prompt", "response"), ("messages",)])
+    first = located[0][1]
+    if "text" in first and not ({"prompt", "response", "messages"} & first.keys()):
+        return [_string(row, loc, "text") for loc, row in located]
+    return [_sft_example(row, loc) for loc, row in located]
 
 
 def _prompt(row: dict, loc: _Loc) -> Prompt:

@@ -33,7 +33,7 @@ CURVES = [
     ("loss/value", "value loss"),
     ("policy/clipfrac", "clip fraction"),
     ("rollout/response_len", "response length (tokens)"),
-    ("ptx/nll", "ptx: pretraining NLL"),
+    ("ptx/nll", "ptx: NLL of the ptx data"),
 ]
 
 

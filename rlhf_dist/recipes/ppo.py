@@ -111,7 +111,8 @@ class PPOConfig:
     data: str = field(default="", metadata={"help": "task-data folder (rl_prompts.jsonl, eval_prompts.jsonl, pretrain.jsonl)"})
     prompts_file: str = field(default="", metadata={"help": "RL prompts {prompt} (default: data/rl_prompts.jsonl)"})
     eval_prompts_file: str = field(default="", metadata={"help": "held-out prompts (default: data/eval_prompts.jsonl)"})
-    ptx_file: str = field(default="", metadata={"help": "pretraining texts {text} for ptx (default: data/pretrain.jsonl)"})
+    ptx_file: str = field(default="", metadata={"help": "ptx data (default: data/pretrain.jsonl): pretraining texts {text} and/or "
+                                                          "demonstrations {prompt, response}; several files: comma-separated"})
     sft: str = field(default="", metadata={"help": "SFT model folder: the policy's start and the frozen reference"})
     reward_model: str = field(default="", metadata={"help": "reward model folder (frozen)"})
     reward_source: str = field(default="rm", metadata={"help": "rm | gold: train on the task's hidden gold scorer instead of "
@@ -310,7 +311,7 @@ class PPOData:
 
 
 def load_ppo_data(cfg: PPOConfig) -> PPOData:
-    from rlhf_dist.data import format_prompts, load_prompts, load_texts, tokenize_prompts, tokenize_texts
+    from rlhf_dist.data import format_prompts, load_prompts, tokenize_prompts
     from rlhf_dist.models import load_tokenizer
 
     sft, reward_model = cfg.sft, cfg.reward_model
@@ -350,11 +351,34 @@ def load_ppo_data(cfg: PPOConfig) -> PPOData:
         eval_prompts, eval_ids = prompts_and_ids(files["eval_prompts_file"], cfg.eval_prompts)
     ptx: list = []
     if cfg.ppo.ptx_coef:
-        if not files["ptx_file"] or not Path(files["ptx_file"]).exists():
-            raise FileNotFoundError(f"ppo.ptx_coef={cfg.ppo.ptx_coef} needs pretraining texts: ptx_file={files['ptx_file']!r} not found")
-        ptx, _ = tokenize_texts(load_texts(files["ptx_file"]), tok, cfg.ppo.ptx_max_len)
+        ptx = ptx_sequences(files["ptx_file"], tok, cfg.ppo.ptx_max_len, cfg.ppo.ptx_coef)
     return PPOData(sft, reward_model, cfg.critic or reward_model, tok.pad_token_id, prompts, prompt_ids,
                    eval_prompts, eval_ids, ptx, tok)
+
+
+def ptx_sequences(spec: str, tok, max_len: int, ptx_coef: float) -> list[list[int]]:
+    """Token sequences of the ptx mix, from every file of `spec` (comma-separated), in order.
+
+    A file holds pretraining texts `{text}` (InstructGPT's ptx: the pretraining distribution) or
+    demonstrations `{prompt, response}` / `{messages}`, which enter as the very token ids SFT
+    trained on (prompt + response + EOS; the LM loss covers every token). Why demonstrations:
+    PPO erodes the task skill SFT taught as well as general language modelling (the alignment
+    tax on the task itself), and a corpus whose task texts are careless cannot protect it
+    (README, "What PPO achieves here").
+    """
+    from rlhf_dist.data import load_lm_data, tokenize_demonstrations, tokenize_texts
+
+    paths = [p.strip() for p in spec.split(",") if p.strip()]
+    if not paths:
+        raise FileNotFoundError(f"ppo.ptx_coef={ptx_coef} needs ptx data: set ptx_file=FILE (or data=DIR with pretrain.jsonl)")
+    out: list[list[int]] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ppo.ptx_coef={ptx_coef} needs ptx data: ptx_file={path!r} not found")
+        rows = load_lm_data(path)
+        encode = tokenize_texts if isinstance(rows[0], str) else tokenize_demonstrations
+        out += encode(rows, tok, max_len)[0]
+    return out
 
 
 class PPOSystem:
