@@ -311,8 +311,6 @@ def tokenize_texts(texts: Sequence[str], tokenizer, max_len: int) -> tuple[list[
     -> (sequences, stats) with stats: texts, sequences, split_texts, tokens (sum of text lengths
     incl. BOS/EOS), text_len_max, text_len_mean, loss_tokens (sum over sequences of len - 1).
     """
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2, got {max_len}")
     eos = _eos_id(tokenizer)
     encoded = [list(ids) + [eos] for ids in tokenizer(list(texts))["input_ids"]] if texts else []
     return _windows(encoded, max_len)
@@ -323,8 +321,6 @@ def tokenize_demonstrations(examples: Sequence[SFTExample], tokenizer, max_len: 
     encode_response(response), the very ids the SFT stage trains on (EOS included), windowed like
     `tokenize_texts` when longer than max_len. -> (sequences, stats), the stats of `tokenize_texts`.
     """
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2, got {max_len}")
     prompts = format_prompts(tokenizer, [e.prompt for e in examples])
     responses = encode_responses(tokenizer, [e.response for e in examples])
     return _windows([p + r for p, r in zip(prompts, responses)], max_len)
@@ -332,6 +328,8 @@ def tokenize_demonstrations(examples: Sequence[SFTExample], tokenizer, max_len: 
 
 def _windows(encoded: list[list[int]], max_len: int) -> tuple[list[list[int]], dict]:
     """Each id list as one sequence, or as windows of max_len overlapping by one token."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
     out, split = [], 0
     stride = max_len - 1
     for ids in encoded:
