@@ -138,7 +138,8 @@ def test_report_command_and_its_error(run_folder, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [("rm_data=bogus", "rm_data"), ("rank_k=1", "rank_k"), ("nope=1", "nope"),
-                                               ("base=no/such/model", "base=no/such/model"), ("ptx_data=corpus", "ptx_data")])
+                                               ("base=no/such/model", "base=no/such/model"), ("ptx_data=corpus", "ptx_data"),
+                                               ("eval_temperature=0", "eval_temperature=0")])
 def test_quickstart_bad_settings_fail_before_writing(override, message, tmp_path):
     import sys
 

@@ -10,6 +10,8 @@ every model):
     proxy_score           mean reward-model score of the same samples (bias-normalised RM reward)
     win_rate_vs_<base>    how often the labeler prefers the model's sample to the baseline's on the
                           same prompt (ties count half), with `win_rate_ci95`; InstructGPT's headline
+    win_prob_vs_<base>    the same without the labeler's noise: the mean over prompts of the
+                          labeler's probability of preferring the model's sample (its expectation)
     kl_to_<base>          mean over prompts of sum_t log pi_T(y_t) - log pi_base_T(y_t) on the model's
                           own samples (pi_T: softmax(logits / temperature), as PPO's KL penalty)
     pretrain_nll          token-mean NLL on held-out pretraining text: the alignment tax

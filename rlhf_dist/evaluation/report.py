@@ -192,10 +192,15 @@ def write_report(run: str | Path) -> Path:
         ev = json.loads(ev_path.read_text())
         win_png, tax_png = eval_figures(ev)
         rows = [[n, m.get("win_rate_vs_sft"), "[{:.3f}, {:.3f}]".format(*m["win_rate_ci95"]) if m.get("win_rate_ci95") else None,
-                 m.get("gold_score"), m.get("proxy_score"), m.get("kl_to_sft"), m.get("pretrain_nll"), m.get("response_len")]
-                for n, m in ev["models"].items()]
+                 m.get("win_prob_vs_sft"), m.get("gold_score"), m.get("proxy_score"), m.get("kl_to_sft"), m.get("pretrain_nll"),
+                 m.get("response_len")] for n, m in ev["models"].items()]
+        cfg = ev.get("config", {})
         sections.append("<h2>Evaluation on held-out prompts</h2>"
-                        + _table(["model", "win rate vs SFT", "95% CI", "gold", "proxy (RM)", "KL to SFT", "pretrain NLL", "length"], rows)
+                        + f"<p>{ev.get('prompts')} prompts, one sample per model at temperature {cfg.get('temperature')}; "
+                          "the labeler judges each against SFT's sample (ties count half); "
+                          "'expected' is the mean of the labeler's preference probability (no labeler noise).</p>"
+                        + _table(["model", "win rate vs SFT", "95% CI", "expected", "gold", "proxy (RM)", "KL to SFT",
+                                  "pretrain NLL", "length"], rows)
                         + f"<p>RM pairwise accuracy on held-out comparisons: {ev.get('rm_accuracy', float('nan')):.3f}; "
                           f"the labeler's own agreement ceiling: {ev.get('labeler_agreement', float('nan')):.3f}</p>"
                         + f'<img alt="win rates" src="{win_png}"> <img alt="alignment tax" src="{tax_png}">'

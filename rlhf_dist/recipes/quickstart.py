@@ -13,7 +13,9 @@
 7. PPO-ptx: the same with the ptx language-modelling mix (by default on the demonstrations:
    `ptx_data`);
 8. evaluation of base, SFT, PPO and PPO-ptx on held-out prompts (`rlhf-dist eval`): win rate
-   against SFT as judged by the labeler, gold and proxy scores, KL, alignment tax;
+   against SFT as judged by the labeler, gold and proxy scores, KL, alignment tax; every model
+   is sampled at `eval_temperature` (0.5), cooler than the rollouts explore (`temperature`,
+   0.7), as a trained policy is deployed (OpenRLHF's --eval_temperature, verl's val_kwargs);
 9. over-optimisation (`rlhf-dist overopt`): PPO without KL penalty and best-of-n, gold and
    proxy against sqrt(KL);
 10. `report.html`.
@@ -61,8 +63,10 @@ class QuickstartConfig:
     ptx_ratio: float = field(default=1.0, metadata={"help": "ptx sequences per RL episode in the PPO-ptx run"})
     ptx_data: str = field(default="demonstrations", metadata={"help": "what the PPO-ptx run's LM term trains on: demonstrations "
                                                                   "(data/sft.jsonl), pretraining (data/pretrain.jsonl) or both"})
-    eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for the evaluation"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (rollouts and evaluation)"})
+    eval_prompts: int = field(default=500, metadata={"help": "held-out prompts for the evaluation (at most the task data's eval prompts)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the rollouts (rankings, PPO, over-optimisation)"})
+    eval_temperature: float = field(default=0.5, metadata={"help": "sampling temperature of the evaluation, the same for every model "
+                                                                   "(a trained policy is deployed cooler than it explored)"})
     max_new_tokens: int = field(default=32, metadata={"help": "response budget"})
     overopt: bool = field(default=True, metadata={"help": "run the over-optimisation study"})
     overopt_kl_coefs: list[float] = field(default_factory=lambda: [0.0], metadata={"help": "KL coefficients of its PPO runs"})
@@ -77,6 +81,8 @@ class QuickstartConfig:
             raise ValueError(f"rank_k={self.rank_k}, rank_prompts={self.rank_prompts}: need rank_k >= 2 and rank_prompts >= 1")
         if self.ptx_data not in PTX_DATA:
             raise ValueError(f"ptx_data={self.ptx_data!r}: expected {', '.join(PTX_DATA)}")
+        if self.temperature <= 0 or self.eval_temperature <= 0:
+            raise ValueError(f"temperature={self.temperature}, eval_temperature={self.eval_temperature}: both must be > 0")
         if self.base and not (Path(self.base) / "config.json").is_file():
             raise ValueError(f"base={self.base}: not a model folder (no config.json)")
 
@@ -133,7 +139,7 @@ def main(argv: list[str]) -> int:
         ppo_ptx = train_ppo(load_config(PPOConfig, cfg.ppo_config, [
             f"out={out / 'ppo_ptx'}", f"ppo.ptx_coef={cfg.ptx_coef}", f"ppo.ptx_ratio={cfg.ptx_ratio}",
             "ptx_file=" + ",".join(str(data / name) for name in PTX_DATA[cfg.ptx_data]), *ppo_common]))
-    with stage("8/10 evaluation on held-out prompts (win rate vs SFT, gold, KL, alignment tax)", timings):
+    with stage(f"8/10 evaluation on held-out prompts at T = {cfg.eval_temperature:g} (win rate vs SFT, gold, KL, alignment tax)", timings):
         from rlhf_dist.evaluation.evaluate import EvalConfig, evaluate_models, seen_alone
 
         models = {"base": base["model"], "sft": tuned["model"], "ppo": ppo["model"], "ppo_ptx": ppo_ptx["model"]}
@@ -141,7 +147,7 @@ def main(argv: list[str]) -> int:
             f"out={out / 'eval'}", *[f"models.{k}={v}" for k, v in models.items()], "baseline=sft",
             f"reward_model={reward['model']}", f"comparisons_file={rankings / 'comparisons_heldout.jsonl'}",
             f"data={data}", f"task={cfg.task}", f"prompts={cfg.eval_prompts}",
-            f"temperature={cfg.temperature}", f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}"]))
+            f"temperature={cfg.eval_temperature}", f"max_new_tokens={cfg.max_new_tokens}", f"seed={cfg.seed}"]))
     if cfg.overopt:
         with stage("9/10 over-optimisation: PPO without KL penalty, and best-of-n", timings):
             from rlhf_dist.evaluation.overopt import OveroptConfig, run_overopt
@@ -158,8 +164,8 @@ def main(argv: list[str]) -> int:
     headline = {
         "gold: base / SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['gold_score']:.3f}" for k in ("base", "sft", "ppo", "ppo_ptx")),
         "gold: demonstrations (SFT data)": f"{manifest.get('demonstrator_mean_gold', float('nan')):.3f}",
-        "win rate vs SFT: PPO": _win(m["ppo"]),
-        "win rate vs SFT: PPO-ptx": _win(m["ppo_ptx"]),
+        f"win rate vs SFT ({ev['prompts']} prompts, T {cfg.eval_temperature:g}): PPO": _win(m["ppo"]),
+        f"win rate vs SFT ({ev['prompts']} prompts, T {cfg.eval_temperature:g}): PPO-ptx": _win(m["ppo_ptx"]),
         "KL to SFT: PPO / PPO-ptx": f"{m['ppo']['kl_to_sft']:.2f} / {m['ppo_ptx']['kl_to_sft']:.2f} nats",
         "pretrain NLL: SFT / PPO / PPO-ptx": " / ".join(f"{m[k]['pretrain_nll']:.3f}" for k in ("sft", "ppo", "ppo_ptx")),
         "RM accuracy / labeler ceiling": f"{ev['rm_accuracy']:.3f} / {ev['labeler_agreement']:.3f}",
@@ -187,5 +193,6 @@ def main(argv: list[str]) -> int:
 
 
 def _win(model: dict) -> str:
+    """The labeler's verdicts with their 95% interval, and their expectation without labeler noise."""
     lo, hi = model["win_rate_ci95"]
-    return f"{model['win_rate_vs_sft']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{model['win_rate_vs_sft']:.3f} [{lo:.3f}, {hi:.3f}], expected {model['win_prob_vs_sft']:.3f}"
