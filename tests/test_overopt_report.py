@@ -62,7 +62,7 @@ def run_folder(tmp_path):
         (run / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "eval").mkdir()
     models = {m: {"gold_score": g, "proxy_score": g * 2, "kl_to_sft": k, "pretrain_nll": nll, "response_len": 12.0,
-                  "win_rate_vs_sft": w, "win_rate_ci95": [max(0.0, w - 0.07), min(1.0, w + 0.07)]}
+                  "win_rate_vs_sft": w, "win_rate_ci95": [max(0.0, w - 0.07), min(1.0, w + 0.07)], "win_prob_vs_sft": w - 0.028}
               for m, g, k, nll, w in (("base", 0.14, 5.0, 1.30, 0.2), ("sft", 0.28, 0.0, 1.35, 0.5),
                                       ("ppo", 0.35, 2.0, 1.45, 0.66), ("ppo_ptx", 0.34, 1.8, 1.38, 0.64))}
     for m in models.values():
@@ -70,7 +70,8 @@ def run_folder(tmp_path):
     by_part = {"correct": {"pairs": 40, "accuracy": 0.61, "only_pairs": 12, "only_accuracy": 0.47, "moves_with": ["helpful"]},
                "rude_words": {"pairs": 30, "accuracy": 0.93, "only_pairs": 0, "only_accuracy": None, "moves_with": []}}
     (run / "eval" / "eval.json").write_text(json.dumps({"models": models, "rm_accuracy": 0.69, "labeler_agreement": 0.82,
-                                                        "rm_accuracy_by_part": by_part}))
+                                                        "rm_accuracy_by_part": by_part, "prompts": 3,
+                                                        "config": {"temperature": 0.5}}))
     (run / "eval" / "eval_samples.jsonl").write_text("".join(
         json.dumps({"model": m, "prompt": f"sort {i} 2 1.", "response": "1 2 <b>bold?</b>", "gold": 0.5}) + "\n"
         for i in range(3) for m in models))
@@ -93,7 +94,8 @@ def test_report_is_one_self_contained_file(run_folder):
     assert html.count("<img") == 4  # win rates, alignment tax, training curves, over-optimisation
     assert html.count('src="data:image/png;base64,') == 4
     assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
-    for text in ("ppo_ptx", "0.690", "0.820", "[0.590, 0.730]", "&lt;b&gt;bold?&lt;/b&gt;",  # escaped sample text
+    for text in ("ppo_ptx", "0.690", "0.820", "[0.590, 0.730]", "3 prompts, one sample per model at temperature 0.5",
+                 "<td>ppo_ptx</td><td>0.640</td><td>[0.570, 0.710]</td><td>0.612</td><td>0.340</td>",  # judged, CI, expected, gold "&lt;b&gt;bold?&lt;/b&gt;",  # escaped sample text
                  "PPO beta=0: gold 0.300 -&gt; peak 0.330 (KL 0.50) -&gt; 0.050 (KL 2.50)", "over-optimised",
                  "Gold score by part", "<th>rude_words</th>", "<td>0.250</td>",
                  "What the reward model sees", "<td>correct</td><td>40</td><td>0.610</td><td>12</td><td>0.470</td><td>helpful</td>",
