@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 
 def set_vllm_cpu_env(**extra: str) -> None:
-    """vLLM CPU settings for a shared machine (stack-facts), logs to stderr so stdout stays JSON,
+    """vLLM CPU settings for a shared machine (docs/stack.md), logs to stderr so stdout stays JSON,
     no hub access; `extra` adds script-specific variables. Call before vLLM is imported. Values
     already in the environment win."""
     for key, value in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",

@@ -78,7 +78,8 @@ def run_split(workers: int, ranks: int, models: tuple[str, str, str], args, out:
     import ray
 
     from rlhf_dist.config import load_config
-    from rlhf_dist.recipes.ppo import PPOConfig, train_ppo
+    from rlhf_dist.config.ppo import PPOConfig
+    from rlhf_dist.recipes.ppo import train_ppo
 
     sft, rm, data = models
     overrides = [f"out={out}", f"sft={sft}", f"reward_model={rm}", f"data={data}", f"iterations={args.iterations}",

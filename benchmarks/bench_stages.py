@@ -60,7 +60,7 @@ def main() -> None:
     from rlhf_dist.data import minibatches, tokenize_texts
     from rlhf_dist.data.collate import lm_token_count
     from rlhf_dist.engines import objectives
-    from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
+    from rlhf_dist.config.learner import LearnerConfig, OptimConfig
     from rlhf_dist.models import TinyModelSpec, load_tokenizer, save_tiny_model
 
     result = {"benchmark": "bench_stages", "environment": environment(args.threads), "global_batch": GLOBAL_BATCH,

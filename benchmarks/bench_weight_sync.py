@@ -82,7 +82,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    from rlhf_dist.engines.vllm_weight_sync import bucketize
+    from rlhf_dist.engines.weight_sync import bucketize
     from rlhf_dist.models import load_causal_lm, load_tokenizer
 
     bucket_bytes = int(args.bucket_mib * MiB)
@@ -136,7 +136,7 @@ class BenchRolloutActor:
 
     def __init__(self, model_dir: str):
         from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
-        from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
+        from rlhf_dist.engines.weight_sync import EXTENSION_CLS
 
         t0 = time.perf_counter()
         self.engine = VLLMRolloutEngine(model_dir, seed=0, max_model_len=256, worker_extension_cls=EXTENSION_CLS)
@@ -152,7 +152,7 @@ class BenchRolloutActor:
 def bench_transport(transport, args, dir_a, sds, candidates, prompts, expected):
     """Timed pushes (candidates side by side, rotating order), alternating weights B, A, B, ...
     Returns (samples per candidate, greedy-after-last-push == HF, engine info)."""
-    from rlhf_dist.engines.vllm_weight_sync import (
+    from rlhf_dist.engines.weight_sync import (
         EXTENSION_CLS, BroadcastWeightSync, ObjectStoreWeightSync, WeightSyncActorMixin, engine_version, push_weights,
     )
 

@@ -1,7 +1,7 @@
 """A second, minimal task: echo or reverse a few letters. Shows the plug-in protocol end to end.
 
-    python -m rlhf_dist.tasks.generate --out runs/echo task=examples/echo_task.py:task
-    python -m rlhf_dist.tasks.generate --out runs/echo task=examples.echo_task:task   # from the repo root
+    rlhf-dist task-data --out runs/echo task=examples/echo_task.py:task
+    rlhf-dist task-data --out runs/echo task=examples.echo_task:task   # from the repo root
 
     echo c a f    -> c a f
     reverse c a f -> f a c

@@ -26,14 +26,14 @@ from rlhf_dist import __version__
 COMMANDS = {
     "quickstart": ("rlhf_dist.recipes.quickstart:main", "the whole pipeline on CPU: data, pretrain, SFT, RM, PPO, PPO-ptx, eval, report"),
     "demo": ("rlhf_dist.recipes.quickstart:main", "same as quickstart (what `make demo` runs)"),
-    "task-data": ("rlhf_dist.tasks.generate:main", "write a task's data files (corpus, demonstrations, prompts, rankings)"),
+    "task-data": ("rlhf_dist.recipes.task_data:main", "write a task's data files (corpus, demonstrations, prompts, rankings)"),
     "build-model": ("rlhf_dist.recipes.build_model:main", "train a tokenizer on a task corpus and save a random-init tiny Llama"),
     "pretrain": ("rlhf_dist.recipes.stages:pretrain_main", "train the base LM on a corpus (learner group, DeepSpeed)"),
     "sft": ("rlhf_dist.recipes.stages:sft_main", "supervised fine-tuning on demonstrations (response tokens only)"),
     "rm": ("rlhf_dist.recipes.stages:rm_main", "reward model on K-way rankings (all C(K,2) pairs per prompt)"),
     "label": ("rlhf_dist.recipes.label:main", "the simulated labeler ranks K samples of a policy per prompt (RM data)"),
     "ppo": ("rlhf_dist.recipes.ppo:ppo_main", "PPO(-ptx): vLLM rollout workers, reward/reference actors, DeepSpeed learner"),
-    "overopt": ("rlhf_dist.evaluation.overopt:main", "over-optimisation study: PPO at several KL coefficients and best-of-n"),
+    "overopt": ("rlhf_dist.recipes.overopt:main", "over-optimisation study: PPO at several KL coefficients and best-of-n"),
     "report": ("rlhf_dist.evaluation.report:main", "write report.html for a run folder"),
     "eval": ("rlhf_dist.evaluation.evaluate:main", "gold win rate vs a baseline, gold/proxy scores, KL, RM accuracy, alignment tax"),
 }

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from rlhf_dist.algo.gae import gae_advantages
-
-GARBAGE = torch.tensor([float("nan"), 1e30, -1e30, float("inf"), 777.0])
+from tests.conftest import with_garbage
 
 
 def random_batch(gen, B=6, T=11):
@@ -19,10 +18,6 @@ def random_batch(gen, B=6, T=11):
     rewards = torch.randn(B, T, generator=gen)
     values = 2.0 * torch.randn(B, T, generator=gen)
     return rewards, values, mask, lengths.tolist()
-
-
-def with_garbage(x, mask, gen):
-    return torch.where(mask, x, GARBAGE[torch.randint(0, len(GARBAGE), x.shape, generator=gen)])
 
 
 def reference_gae(rewards, values, lengths, gamma, lam):

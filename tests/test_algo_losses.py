@@ -10,16 +10,11 @@ import torch.nn.functional as F
 
 from rlhf_dist.algo.logprobs import logprobs_from_logits
 from rlhf_dist.algo.losses import aggregate_loss, global_normalizer, lm_loss, policy_loss, value_loss
-
-GARBAGE = torch.tensor([float("nan"), 1e30, -1e30, float("inf")])
+from tests.conftest import with_garbage
 
 
 def padded_mask(lengths, T):
     return torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
-
-
-def with_garbage(x, mask, gen):
-    return torch.where(mask, x, GARBAGE[torch.randint(0, len(GARBAGE), x.shape, generator=gen)])
 
 
 # --------------------------------------------------------------------------- policy loss
@@ -225,6 +220,45 @@ def test_value_loss_random_padded_batch_vs_loop(seed):
             n += 1
     assert float(stats["vf_clipfrac"]) == pytest.approx(n_clip / n, abs=1e-6)
     assert 0 < n_clip < n
+
+
+def test_value_clipfrac_zero_when_no_token_leaves_the_clip_range():
+    """V and V_old differ by more than 2x but |V - V_old| < eps everywhere: nothing is clipped.
+
+    The old statistic compared (V_old + (V - V_old) - R)^2 with (V - R)^2 and counted the 1-ulp
+    rounding of V_old + (V - V_old) as clipping (86 of these 16384 tokens).
+    """
+    gen = torch.Generator().manual_seed(0)
+    B, T, eps = 64, 256, 0.2
+    V_old = 0.01 + 0.05 * torch.rand(B, T, generator=gen)
+    V = V_old * (2.5 + torch.rand(B, T, generator=gen))
+    R = torch.randn(B, T, generator=gen)
+    assert ((V - V_old).abs() < eps).all() and (V > 2 * V_old).all()
+    loss, stats = value_loss(V, V_old, R, torch.ones(B, T, dtype=torch.bool), clip_eps=eps)
+    assert float(stats["vf_clipfrac"]) == 0.0
+    torch.testing.assert_close(loss, 0.5 * (V - R) ** 2)  # the loss is the unclipped one (to rounding)
+
+
+def test_value_clipfrac_closed_form_count():
+    """vf_clipfrac counts tokens where the clip bound (|V - V_old| > eps, strictly) AND the clipped
+    branch is the larger one (so the token gets no value gradient); padding never counts."""
+    eps = 0.25
+    #                     inside inside above above below edge  inside | padding (garbage, far out)
+    V_old = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.01, 0.0, 0.0]])
+    V = torch.tensor([[0.125, -0.125, 1.0, 1.0, -1.0, 0.75, 0.05, 9.0, -9.0]])
+    R = torch.tensor([[5.0, -5.0, 2.0, 0.0, -3.0, -4.0, 0.1, 9.0, -9.0]])
+    mask = torch.tensor([[True] * 7 + [False] * 2])
+    # clip(V) = [0.125, -0.125, 0.25, 0.25, 0.75, 0.75, 0.05]
+    # token 2: (0.25 - 2)^2 = 3.0625 > (1 - 2)^2 = 1      -> counted
+    # token 3: (0.25 - 0)^2 = 0.0625 < (1 - 0)^2 = 1      -> clip bound, unclipped branch used: not counted
+    # token 4: (0.75 + 3)^2 = 14.0625 > (-1 + 3)^2 = 4    -> counted
+    # tokens 0, 1 inside the range, token 5 exactly on its edge (|V - V_old| == eps): not counted
+    # token 6 inside (|0.05 - 0.01| < eps), but in fp32 0.01 + (0.05 - 0.01) is 0.05 - 1 ulp, which is
+    #   farther from R = 0.1: the old statistic counted it
+    loss, stats = value_loss(V, V_old, R, mask, clip_eps=eps)
+    assert round(float(stats["vf_clipfrac"]) * 7, 4) == 2
+    exp = 0.5 * torch.tensor([23.765625, 23.765625, 3.0625, 1.0, 14.0625, 22.5625, 0.0025])
+    torch.testing.assert_close(loss[mask], exp, rtol=1e-6, atol=0)
 
 
 def test_value_loss_gradient_nan_safe_at_padded_positions():

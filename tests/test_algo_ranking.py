@@ -239,3 +239,39 @@ def test_ranks_from_ordering_feeds_ranking_loss():
     assert len(exp0) == 6
     exp = (math.fsum(exp0) / 6 + neg_logsigmoid(2.0 - 0.0)) / 2
     assert float(ranking_loss(scores, ranks, valid)) == pytest.approx(exp, rel=1e-6)
+
+
+def brute_grad(scores, ranks, valid):
+    """d loss / d scores by a naive loop over strict pairs: d/dd of -log sigmoid(d) = sigmoid(d) - 1."""
+    grad = [[0.0] * scores.shape[1] for _ in range(scores.shape[0])]
+    prompts = [b for b in range(scores.shape[0]) if strict_pairs(ranks[b].tolist(), valid[b].tolist())]
+    for b in prompts:
+        pairs = strict_pairs(ranks[b].tolist(), valid[b].tolist())
+        for w, l in pairs:
+            d = float(scores[b, w]) - float(scores[b, l])
+            g = (1.0 / (1.0 + math.exp(-d)) - 1.0) / len(pairs) / len(prompts)
+            grad[b][w] += g
+            grad[b][l] -= g
+    return torch.tensor(grad, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), float("-inf"), 1e30])
+def test_padding_slot_scores_do_not_reach_the_gradient(fill):
+    """A NaN/inf score in a padding slot must leave the gradient of every score finite (and 0 there)."""
+    gen = torch.Generator().manual_seed(10)
+    scores, ranks, valid = random_ranked_batch(gen, garbage=False)
+    assert (~valid).any()
+    clean = scores.clone().requires_grad_(True)
+    ranking_loss(clean, ranks, valid).backward()
+    dirty = torch.where(valid, scores, torch.full_like(scores, fill)).requires_grad_(True)
+    loss = ranking_loss(dirty, ranks, valid)
+    assert torch.isfinite(loss)
+    assert float(loss.detach()) == pytest.approx(brute_loss(scores, ranks, valid), rel=1e-5, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(dirty.grad).all(), dirty.grad
+    assert torch.all(dirty.grad[~valid] == 0.0)
+    exp = brute_grad(scores, ranks, valid)
+    torch.testing.assert_close(dirty.grad.double(), exp, rtol=0, atol=1e-6)
+    torch.testing.assert_close(dirty.grad, clean.grad, rtol=0, atol=1e-7)
+    acc = pairwise_accuracy(dirty, ranks, valid)
+    assert float(acc) == pytest.approx(brute_accuracy(scores, ranks, valid), abs=1e-6)

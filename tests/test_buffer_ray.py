@@ -8,18 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 import ray
 
 from rlhf_dist.buffer import add_columns, concat, rollouts_to_batch, to_padded, validate
 from tests.test_buffer_build import random_rollouts
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="test_buffer_ray")
-    yield
-    ray.shutdown()
 
 
 def big_table() -> pa.Table:

@@ -178,7 +178,7 @@ def test_tokenize_demonstrations_are_the_sft_ids_windowed():
 def task_data(tmp_path_factory):
     """The built-in task's files (small counts) and a 512-token BPE trained on its pretraining corpus."""
     from rlhf_dist.models import train_bpe_tokenizer
-    from rlhf_dist.tasks.generate import main
+    from rlhf_dist.recipes.task_data import main
 
     out = tmp_path_factory.mktemp("task_data") / "data"
     main(["--out", str(out), "n_pretrain=2000", "n_sft=300", "n_rl_prompts=50", "n_eval_prompts=50",

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_dist import cli
+from tests.conftest import hf_reward_fn
 
 PROMPTS, NEW_TOKENS, TEMPERATURE, PRETRAIN_TEXTS, PRETRAIN_MAX_LEN = 16, 12, 0.7, 12, 256
 Z95 = 1.959963984540054
@@ -64,7 +65,14 @@ def test_eval_json_shape(evaluated):
         lo, hi = m["win_rate_ci95"]
         assert 0.0 <= lo <= m["win_rate_vs_sft"] <= hi <= 1.0
         assert 1 <= m["response_len"] <= NEW_TOKENS
-    assert 0.0 <= report["rm_accuracy"] <= 1.0 and 0.0 <= report["labeler_agreement"] <= 1.0
+    # Both are shares of the held-out pairs with half credit for ties: recount the pairs from the raw
+    # file; each value times 2 * pairs is a whole number (the values are recomputed pair by pair below).
+    heldout = [json.loads(line) for line in (evaluated["data"] / "comparisons_heldout.jsonl").read_text().splitlines()]
+    pairs = sum(len(c["responses"]) * (len(c["responses"]) - 1) // 2 for c in heldout)
+    assert report["rm_pairs"] == pairs > 0
+    for key in ("rm_accuracy", "labeler_agreement"):
+        halves = 2 * pairs * report[key]
+        assert isinstance(report[key], float) and abs(halves - round(halves)) < 1e-4, (key, report[key], pairs)
     assert report["config"]["models"] == {"sft": evaluated["sft"], "noisy": evaluated["noisy"]}
     assert len(evaluated["rows"]) == 2 * PROMPTS
 
@@ -156,7 +164,7 @@ def test_win_rate_and_its_interval_from_the_recorded_outcomes(evaluated):
 
 
 def test_mean_ci95_against_the_textbook_formula():
-    from rlhf_dist.evaluation.evaluate import mean_ci95
+    from rlhf_dist.evaluation.metrics import mean_ci95
 
     xs = [1.0, 0.5, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 1.0, 1.0]
     mean, lo, hi = mean_ci95(xs)
@@ -166,21 +174,8 @@ def test_mean_ci95_against_the_textbook_formula():
     assert mean_ci95([1.0]) == (1.0, 0.0, 1.0)  # one outcome: no information on the spread
 
 
-def _hf_rewards(rm_dir):
-    from transformers import AutoModelForSequenceClassification
-
-    hf = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1, dtype=torch.float32).eval()
-    bias = float(getattr(hf.config, "reward_bias", 0.0))
-
-    def reward(ids):  # unpadded: HF's own pooling reads the last token
-        with torch.no_grad():
-            return hf(torch.tensor([ids])).logits[0, 0].item() - bias
-
-    return reward
-
-
 def test_proxy_scores_equal_the_rm_on_each_unpadded_sample(evaluated):
-    reward = _hf_rewards(evaluated["rm"])
+    reward = hf_reward_fn(evaluated["rm"])
     for name, m in evaluated["report"]["models"].items():
         rows = rows_of(evaluated, name)
         for r in rows:
@@ -196,7 +191,7 @@ def test_rm_accuracy_and_labeler_agreement_by_brute_force_over_pairs(evaluated):
 
     tok = AutoTokenizer.from_pretrained(evaluated["rm"])
     task = load_task(DEFAULT_TASK)
-    reward = _hf_rewards(evaluated["rm"])
+    reward = hf_reward_fn(evaluated["rm"])
     correct = agree = pairs = 0.0
     for c in load_comparisons(evaluated["data"] / "comparisons_heldout.jsonl"):
         prompt_ids = tok(c.prompt + "\n").input_ids
@@ -232,7 +227,7 @@ def test_unknown_baseline_names_the_key(ppo_models, tmp_path, capsys):
 
 
 def test_accuracy_by_part_on_a_hand_worked_example():
-    from rlhf_dist.evaluation.evaluate import accuracy_by_part, seen_alone
+    from rlhf_dist.evaluation.metrics import accuracy_by_part, seen_alone
 
     right = {"total": 1.0, "correct": 1.0, "helpful": 1.0, "rude": 0.0}
     wrong = {"total": 0.2, "correct": 0.0, "helpful": 0.2, "rude": 0.0}
@@ -263,7 +258,7 @@ def test_gold_parts_per_model_and_rm_accuracy_by_part_by_brute_force(evaluated):
             assert mean == pytest.approx(statistics.fmean(task.gold_parts(r["prompt"], r["response"])[key] for r in rows), abs=1e-12)
         assert m["gold_parts"]["total"] == pytest.approx(m["gold_score"], abs=1e-12)
     tok = AutoTokenizer.from_pretrained(evaluated["rm"])
-    reward = _hf_rewards(evaluated["rm"])
+    reward = hf_reward_fn(evaluated["rm"])
     hits: dict[str, list[float]] = {}
     close: dict[str, int] = {}  # pairs scored within 1e-4 (batched vs single forward may order them either way)
     for c in load_comparisons(evaluated["data"] / "comparisons_heldout.jsonl"):

@@ -20,27 +20,10 @@ GLOBAL_BATCH, STEPS = 8, 3
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_learner_group")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """Hidden 256 so that the MLP weights (256 x 512) exceed ZeRO-3's persistence threshold and
-    really are partitioned across ranks."""
-    from rlhf_dist.models import TinyModelSpec, save_tiny_model
-
-    spec = TinyModelSpec(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=512)
-    return save_tiny_model(tmp_path_factory.mktemp("lg_model"), toy_corpus(), spec, vocab_size=384, seed=1)
-
-
-@pytest.fixture(scope="module")
-def sft_items(model_dir):
+def sft_items(zero3_model_dir):
     from rlhf_dist.models import load_tokenizer
 
-    tok = load_tokenizer(model_dir)
+    tok = load_tokenizer(zero3_model_dir)
     rng = random.Random(0)
     texts = toy_corpus(200, seed=3)
     items = []
@@ -77,7 +60,7 @@ def reference_losses(model_dir, items, pad_id, optim):
 
 def group_losses(model_dir, items, pad_id, optim, num_ranks, zero_stage, micro, save_to=None):
     from rlhf_dist.actors.learner_group import LearnerGroup, ModelSpec
-    from rlhf_dist.engines.deepspeed_engine import LearnerConfig
+    from rlhf_dist.config.learner import LearnerConfig
 
     cfg = LearnerConfig(num_ranks=num_ranks, zero_stage=zero_stage, micro_batch_size=micro)
     group = LearnerGroup(ModelSpec(str(model_dir)), cfg, optim, GLOBAL_BATCH, STEPS, pad_id)
@@ -94,19 +77,19 @@ def group_losses(model_dir, items, pad_id, optim, num_ranks, zero_stage, micro, 
         group.shutdown()
 
 
-def test_one_and_two_ranks_zero2_zero3_match_plain_pytorch(ray_cluster, model_dir, sft_items, tmp_path):
-    from rlhf_dist.engines.deepspeed_engine import OptimConfig
+def test_one_and_two_ranks_zero2_zero3_match_plain_pytorch(ray_local, zero3_model_dir, sft_items, tmp_path):
+    from rlhf_dist.config.learner import OptimConfig
     from rlhf_dist.models import load_causal_lm, pad_prompt_response
     from rlhf_dist.models.forward import response_logprobs
 
     pad_id, items = sft_items
     optim = OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=1, min_lr_ratio=0.1, grad_clip=0.5)
-    ref, ref_model = reference_losses(model_dir, items, pad_id, optim)
+    ref, ref_model = reference_losses(zero3_model_dir, items, pad_id, optim)
     assert ref[-1] < ref[0], f"reference loss did not fall: {ref}"
     runs = {
-        "1 rank ZeRO-2 (accum 4)": group_losses(model_dir, items, pad_id, optim, 1, 2, micro=2),
-        "2 ranks ZeRO-2 (accum 2)": group_losses(model_dir, items, pad_id, optim, 2, 2, micro=2),
-        "2 ranks ZeRO-3 (accum 1)": group_losses(model_dir, items, pad_id, optim, 2, 3, micro=4, save_to=tmp_path / "z3"),
+        "1 rank ZeRO-2 (accum 4)": group_losses(zero3_model_dir, items, pad_id, optim, 1, 2, micro=2),
+        "2 ranks ZeRO-2 (accum 2)": group_losses(zero3_model_dir, items, pad_id, optim, 2, 2, micro=2),
+        "2 ranks ZeRO-3 (accum 1)": group_losses(zero3_model_dir, items, pad_id, optim, 2, 3, micro=4, save_to=tmp_path / "z3"),
     }
     for name, (losses, _) in runs.items():
         assert losses == pytest.approx(ref, rel=1e-5, abs=1e-5), f"{name}: {losses} vs reference {ref}"
@@ -122,14 +105,14 @@ def test_one_and_two_ranks_zero2_zero3_match_plain_pytorch(ray_cluster, model_di
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
-def test_reward_model_objective_on_two_ranks(ray_cluster, model_dir):
+def test_reward_model_objective_on_two_ranks(ray_local, zero3_model_dir):
     """The ranking loss trains through the group: pairwise accuracy on the training prompts rises."""
     from rlhf_dist.actors.learner_group import LearnerGroup, ModelSpec
     from rlhf_dist.data import TokenizedComparison
-    from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
+    from rlhf_dist.config.learner import LearnerConfig, OptimConfig
     from rlhf_dist.models import load_tokenizer
 
-    tok = load_tokenizer(model_dir)
+    tok = load_tokenizer(zero3_model_dir)
     rng = random.Random(1)
     # A learnable preference: responses containing "red" beat the others.
     items = []
@@ -144,7 +127,7 @@ def test_reward_model_objective_on_two_ranks(ray_cluster, model_dir):
         ranks = [0 if order[j] == 0 else 1 for j in range(k)]  # "red" first, the rest tied
         items.append(TokenizedComparison(tok("pick").input_ids, responses, ranks))
     cfg = LearnerConfig(num_ranks=2, zero_stage=2, micro_batch_size=2)
-    group = LearnerGroup(ModelSpec(str(model_dir), kind="scalar_from_lm"), cfg, OptimConfig(lr=3e-3, schedule="constant"), 16, 20, tok.pad_token_id)
+    group = LearnerGroup(ModelSpec(str(zero3_model_dir), kind="scalar_from_lm"), cfg, OptimConfig(lr=3e-3, schedule="constant"), 16, 20, tok.pad_token_id)
     try:
         before = group.evaluate("rm", items)
         for _ in range(20):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.evaluation.overopt import best_of_n_expectation, kl_bon
+from rlhf_dist.evaluation.overoptimisation import best_of_n_expectation, kl_bon
 
 
 @pytest.mark.parametrize("N, n", [(9, 1), (9, 4), (9, 9), (6, 3), (7, 2)])
@@ -51,7 +51,7 @@ def test_kl_bon_matches_the_exact_kl_of_best_of_n_over_a_fine_continuous_base():
 @pytest.fixture
 def run_folder(tmp_path):
     """A synthetic run folder with everything the report reads."""
-    from rlhf_dist.evaluation.overopt import plot
+    from rlhf_dist.evaluation.overoptimisation import plot
 
     run = tmp_path / "run"
     for name, slope in (("ppo", 1.0), ("ppo_ptx", 0.5)):
@@ -95,12 +95,14 @@ def test_report_is_one_self_contained_file(run_folder):
     assert html.count('src="data:image/png;base64,') == 4
     assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
     for text in ("ppo_ptx", "0.690", "0.820", "[0.590, 0.730]", "3 prompts, one sample per model at temperature 0.5",
-                 "<td>ppo_ptx</td><td>0.640</td><td>[0.570, 0.710]</td><td>0.612</td><td>0.340</td>",  # judged, CI, expected, gold "&lt;b&gt;bold?&lt;/b&gt;",  # escaped sample text
+                 "<td>ppo_ptx</td><td>0.640</td><td>[0.570, 0.710]</td><td>0.612</td><td>0.340</td>",  # judged, CI, expected, gold
+                 "&lt;b&gt;bold?&lt;/b&gt;",  # escaped sample text
                  "PPO beta=0: gold 0.300 -&gt; peak 0.330 (KL 0.50) -&gt; 0.050 (KL 2.50)", "over-optimised",
                  "Gold score by part", "<th>rude_words</th>", "<td>0.250</td>",
                  "What the reward model sees", "<td>correct</td><td>40</td><td>0.610</td><td>12</td><td>0.470</td><td>helpful</td>",
                  "<td>rude_words</td><td>30</td><td>0.930</td><td>0</td><td>n/a</td>"):
         assert text in html, text
+    assert "<b>bold?</b>" not in html  # the sample text is never rendered as markup
 
 
 def test_report_renders_its_plots_in_headless_chromium(run_folder, tmp_path):
@@ -155,7 +157,7 @@ def test_quickstart_bad_settings_fail_before_writing(override, message, tmp_path
 
 
 def test_curve_shape_finds_the_gold_peak_and_the_fall_after_it():
-    from rlhf_dist.evaluation.overopt import curve_shape
+    from rlhf_dist.evaluation.overoptimisation import curve_shape
 
     pts = [{"kl": 0.0, "gold": 0.30, "proxy": -0.2}, {"kl": 1.0, "gold": 0.60, "proxy": 1.0},
            {"kl": 2.0, "gold": 0.61, "proxy": 1.4}, {"kl": 4.0, "gold": 0.50, "proxy": 1.5}]

@@ -38,7 +38,8 @@ def _overrides(ppo_models, out) -> list[str]:
 @pytest.fixture(scope="module")
 def run(ppo_models, tmp_path_factory):
     from rlhf_dist.config import load_config
-    from rlhf_dist.recipes.ppo import PPOConfig, train_ppo
+    from rlhf_dist.config.ppo import PPOConfig
+    from rlhf_dist.recipes.ppo import train_ppo
 
     out = tmp_path_factory.mktemp("ppo_run")
     cfg = load_config(PPOConfig, REPO / "configs" / "tiny.yaml", _overrides(ppo_models, out))
@@ -124,7 +125,8 @@ def test_reward_source_gold_trains_on_the_gold_scorer(ppo_models, tmp_path):
     from rlhf_dist.config import load_config
     from rlhf_dist.data import load_prompts, prompt_text
     from rlhf_dist.models import load_tokenizer
-    from rlhf_dist.recipes.ppo import PPOConfig, train_ppo
+    from rlhf_dist.config.ppo import PPOConfig
+    from rlhf_dist.recipes.ppo import train_ppo
     from rlhf_dist.tasks.instruct import task
 
     sft, _, data = ppo_models
@@ -154,7 +156,7 @@ def test_greedy_after_weight_sync_equals_hf_greedy_of_learner(ppo_models, tmp_pa
     from rlhf_dist.actors.rollout import RolloutGroup
     from rlhf_dist.buffer import add_columns
     from rlhf_dist.data import format_prompts, load_prompts
-    from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
+    from rlhf_dist.config.learner import LearnerConfig, OptimConfig
     from rlhf_dist.engines.ppo import PPOLossConfig
     from rlhf_dist.models import load_causal_lm, load_tokenizer
 
@@ -216,7 +218,7 @@ def test_ptx_mix_reads_pretraining_texts_and_demonstrations(ppo_models, tmp_path
     """ptx_file=A,B: the pretraining texts' sequences, then each demonstration as the ids SFT trains on."""
     from rlhf_dist.data import encode_response, format_prompt, load_sft, load_texts
     from rlhf_dist.models import load_tokenizer
-    from rlhf_dist.recipes.ppo import ptx_sequences
+    from rlhf_dist.data.ppo_data import ptx_sequences
 
     sft, _, data = ppo_models
     tok = load_tokenizer(sft)

@@ -69,7 +69,7 @@ WEIGHT_ATOL = 5e-6
 
 
 def _optims():
-    from rlhf_dist.engines.deepspeed_engine import OptimConfig
+    from rlhf_dist.config.learner import OptimConfig
 
     # Different settings for the two networks, so that swapping them is caught.
     policy = OptimConfig(lr=5e-4, weight_decay=0.01, betas=[0.9, 0.95], eps=1e-5, schedule="cosine",
@@ -91,23 +91,14 @@ def _loss_cfg(ptx_coef: float = 0.0, entropy_coef: float = 0.0):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_ppo_learner")
-    yield
-    ray.shutdown()
+def models(zero3_model_dir, tmp_path_factory):
+    """(policy_dir, critic_dir). The policy is the hidden-256 model (ZeRO-3 really partitions its
+    MLP weights across ranks); the critic is its backbone with a fresh scalar head (a stand-in for
+    the reward model)."""
+    from rlhf_dist.models import init_scalar_from_causal_lm, load_tokenizer
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """(policy_dir, critic_dir). Hidden 256 so that the MLP weights (256 x 512) exceed ZeRO-3's
-    persistence threshold and really are partitioned across ranks; the critic is the policy's
-    backbone with a fresh scalar head (a stand-in for the reward model)."""
-    from rlhf_dist.models import TinyModelSpec, init_scalar_from_causal_lm, load_tokenizer, save_tiny_model
-
-    root = tmp_path_factory.mktemp("ppo_learner_models")
-    spec = TinyModelSpec(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=512)
-    policy_dir = save_tiny_model(root / "policy", toy_corpus(), spec, vocab_size=384, seed=1)
-    critic_dir = root / "critic"
+    policy_dir = zero3_model_dir
+    critic_dir = tmp_path_factory.mktemp("ppo_learner_models") / "critic"
     init_scalar_from_causal_lm(policy_dir, seed=1).save_pretrained(critic_dir)
     load_tokenizer(policy_dir).save_pretrained(critic_dir)
     return str(policy_dir), str(critic_dir)
@@ -231,7 +222,7 @@ def _reference_run(models, data, step_rows, loss_cfg, ptx_batches):
             vf_sum = vf_sum + 0.5 * torch.maximum((v - R) ** 2, (v_clip - R) ** 2).sum()
             ent_sum = ent_sum + entropy.sum()
             clipped += int((clip_branch > unclipped).sum())
-            vf_clipped += int(((v_clip - R) ** 2 > (v - R) ** 2).sum())
+            vf_clipped += int((((v_clip - R) ** 2 > (v - R) ** 2) & ((v - old_v).abs() > ve)).sum())  # the clip bound
             ratio_dev = max(ratio_dev, (ratio.detach() - 1).abs().max().item())
         pg_loss, vf_loss = pg_sum / n_tokens, vf_sum / n_tokens
         s = {"tokens": n_tokens, "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
@@ -268,7 +259,7 @@ def group_run(models, data, out_dir, num_ranks, zero_stage, micro, step_rows, lo
     from rlhf_dist.actors.learner_group import ModelSpec
     from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
     from rlhf_dist.buffer import add_columns
-    from rlhf_dist.engines.deepspeed_engine import LearnerConfig
+    from rlhf_dist.config.learner import LearnerConfig
 
     policy_optim, critic_optim = _optims()
     cfg = LearnerConfig(num_ranks=num_ranks, zero_stage=zero_stage, micro_batch_size=micro, cpus_per_rank=1)
@@ -310,7 +301,7 @@ def _check_steps(name, steps, ref_stats):
 # Tests
 
 
-def test_ppo_steps_match_reference_on_one_and_two_ranks_zero2_zero3(ray_cluster, models, trajectories, tmp_path):
+def test_ppo_steps_match_reference_on_one_and_two_ranks_zero2_zero3(ray_local, models, trajectories, tmp_path):
     from rlhf_dist.models import load_causal_lm, load_scalar_model
 
     data, loss_cfg = trajectories, _loss_cfg()
@@ -362,7 +353,7 @@ def test_ppo_steps_match_reference_on_one_and_two_ranks_zero2_zero3(ray_cluster,
         assert policy_diff < WEIGHT_ATOL and critic_diff < WEIGHT_ATOL, (name, policy_diff, critic_diff)
 
 
-def test_ppo_ptx_step_matches_reference(ray_cluster, models, trajectories, ptx_seqs, tmp_path):
+def test_ppo_ptx_step_matches_reference(ray_local, models, trajectories, ptx_seqs, tmp_path):
     """2 ranks x 2 micro-batches, 8 ptx sequences per minibatch (2 per micro-batch), gamma = 2."""
     from rlhf_dist.models import load_causal_lm
 
@@ -381,7 +372,7 @@ def test_ppo_ptx_step_matches_reference(ray_cluster, models, trajectories, ptx_s
     assert diff < WEIGHT_ATOL, diff
 
 
-def test_entropy_bonus_reaches_the_policy_gradient(ray_cluster, models, trajectories, tmp_path):
+def test_entropy_bonus_reaches_the_policy_gradient(ray_local, models, trajectories, tmp_path):
     """PPOLossConfig(entropy_coef=c): loss = ppo_loss - c * (entropy token mean); 1 rank, 1 step.
     Regression: the entropy was once computed under no_grad, making the bonus a constant."""
     from rlhf_dist.models import load_causal_lm

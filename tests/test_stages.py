@@ -3,6 +3,7 @@ DeepSpeed and vLLM), on a small slice of the built-in task with a tiny model."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -57,22 +58,56 @@ def test_pretraining_lowers_heldout_loss_and_writes_deepspeed_checkpoints(pipeli
 
 
 def test_sft_on_zero3_learners_reports_gold_and_saves_a_vllm_loadable_model(pipeline):
+    from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
+
+    task = load_task(DEFAULT_TASK)
     summary = json.loads((pipeline / "sft" / "summary.json").read_text())
     # The gold comparison sampled both the init and the SFT folder with vLLM: both loaded there.
-    assert 0.0 <= summary["gold/init"] <= 1.0 and 0.0 <= summary["gold/sft"] <= 1.0
-    assert len((pipeline / "sft" / "samples_sft.jsonl").read_text().splitlines()) == 16
+    # Each mean is recomputed from the written samples with the task's gold scorer.
+    prompts = [json.loads(line)["prompt"] for line in (pipeline / "data" / "eval_prompts.jsonl").read_text().splitlines()]
+    for name in ("init", "sft"):
+        rows = [json.loads(line) for line in (pipeline / "sft" / f"samples_{name}.jsonl").read_text().splitlines()]
+        assert [r["prompt"] for r in rows] == prompts[:16]
+        gold = [task.gold_score(r["prompt"], r["response"]) for r in rows]
+        assert [r["gold"] for r in rows] == pytest.approx(gold, abs=1e-12)
+        assert summary[f"gold/{name}"] == pytest.approx(sum(gold) / 16, abs=1e-12)
     evals = [r["eval/loss"] for r in metrics(pipeline / "sft") if "eval/loss" in r]
     assert evals[-1] < evals[0], evals
 
 
 def test_reward_model_summary_normalisation_and_padding_invariance(pipeline):
     from rlhf_dist.models import load_scalar_model, load_tokenizer, position_ids_from_mask
+    from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
+    from tests.conftest import hf_reward_fn
 
     summary = json.loads((pipeline / "rm" / "summary.json").read_text())
-    assert 0.0 <= summary["eval/accuracy"] <= 1.0 and 0.5 < summary["labeler_ceiling"] <= 1.0
-    rm = load_scalar_model(pipeline / "rm" / "model")
-    assert rm.reward_bias == pytest.approx(summary["reward_bias"])
+    # Recomputed pair by pair on the held-out file: the saved RM's accuracy (transformers' own
+    # classifier, one unpadded sequence at a time) and the labeler ceiling (the gold scorer).
+    task = load_task(DEFAULT_TASK)
     tok = load_tokenizer(pipeline / "rm" / "model")
+    reward = hf_reward_fn(pipeline / "rm" / "model")
+    held = [json.loads(line) for line in (pipeline / "data" / "comparisons_heldout.jsonl").read_text().splitlines()]
+    correct = agree = pairs = close = 0.0
+    rewards = []
+    for c in held:
+        prompt_ids = tok(c["prompt"] + "\n").input_ids
+        seqs = [prompt_ids + tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id] for r in c["responses"]]
+        assert max(map(len, seqs)) <= 128  # the rm stage's max_len: nothing truncated or dropped
+        scores = [reward(ids) for ids in seqs]
+        rewards += scores
+        gold = [task.gold_score(c["prompt"], r) for r in c["responses"]]
+        for win, lose in itertools.combinations(c["ranking"], 2):  # ranking is best first
+            pairs += 1
+            correct += 1.0 if scores[win] > scores[lose] else 0.5 if scores[win] == scores[lose] else 0.0
+            close += abs(scores[win] - scores[lose]) < 1e-4  # batched vs single forward may order these either way
+            agree += 1.0 if gold[win] > gold[lose] else 0.5 if gold[win] == gold[lose] else 0.0
+    assert summary["eval/accuracy"] == pytest.approx(correct / pairs, abs=(close + 1e-9) / pairs)
+    assert summary["labeler_ceiling"] == pytest.approx(agree / pairs, abs=1e-12) and agree / pairs > 0.5
+    # Normalised (InstructGPT 3.5): after the saved bias, the held-out responses score 0 on average.
+    assert abs(sum(rewards) / len(rewards)) < 1e-4, sum(rewards) / len(rewards)
+    rm = load_scalar_model(pipeline / "rm" / "model")
+    assert rm.reward(torch.tensor([seqs[0]]), torch.ones(1, len(seqs[0]), dtype=torch.long)).item() == pytest.approx(
+        reward(seqs[0]), abs=1e-5)  # our loader applies the same bias
     ids = tok("sort 3 1 2.\n1 2 3.").input_ids + [tok.eos_token_id]
     scores = []
     for pads in (0, 3, 7):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_dist.tasks import generate
-from rlhf_dist.tasks.generate import main
+from rlhf_dist.recipes.task_data import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["n_pretrain=300", "n_pretrain_heldout=50", "n_sft=300", "n_rl_prompts=200", "n_eval_prompts=100",
@@ -50,7 +50,7 @@ def test_bytes_do_not_depend_on_the_hash_seed(data, tmp_path):
     """Python salts str hashes per process: a set iterated anywhere would show up here."""
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO)}
-        subprocess.run([sys.executable, "-m", "rlhf_dist.tasks.generate", "--out", str(tmp_path / hash_seed), *SMALL],
+        subprocess.run([sys.executable, "-m", "rlhf_dist.recipes.task_data", "--out", str(tmp_path / hash_seed), *SMALL],
                        check=True, env=env, cwd=REPO, capture_output=True)
         assert read_bytes(tmp_path / hash_seed) == read_bytes(data)
 

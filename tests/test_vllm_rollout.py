@@ -12,7 +12,7 @@ from rlhf_dist.models import load_causal_lm, pad_prompt_response, response_logpr
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    # In-process engine core: starts in seconds instead of ~15 s (stack-facts).
+    # In-process engine core: starts in seconds instead of ~15 s (docs/stack.md).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
 

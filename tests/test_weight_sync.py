@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_dist.engines.vllm_weight_sync import bucketize, fused_group_key
+from rlhf_dist.engines.weight_sync import bucketize, fused_group_key
 from rlhf_dist.models.tiny import toy_corpus
 
 NEW_TOKENS = 16
@@ -123,8 +123,9 @@ def _zero3_rank(rank: int, world: int, port: int, model_dir: str) -> dict | None
     os.environ["DS_ACCELERATOR"] = "cpu"
     import deepspeed
 
-    from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, TrainEngine, set_rank_environment
-    from rlhf_dist.engines.vllm_weight_sync import bucket_tensors, gathered_named_tensors
+    from rlhf_dist.config.learner import LearnerConfig, OptimConfig
+    from rlhf_dist.engines.deepspeed_engine import TrainEngine, set_rank_environment
+    from rlhf_dist.engines.weight_sync import bucket_tensors, gathered_named_tensors
     from rlhf_dist.models import load_causal_lm
 
     set_rank_environment(rank, world, "127.0.0.1", port)
@@ -141,13 +142,12 @@ def _zero3_rank(rank: int, world: int, port: int, model_dir: str) -> dict | None
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("RLHF_DIST_SLOW"), reason="about 20 s (DeepSpeed, 2 ranks): RLHF_DIST_SLOW=1")
-def test_gathered_named_tensors_streams_zero3_shards(tmp_path):
+def test_gathered_named_tensors_streams_zero3_shards(zero3_model_dir):
     """Two ZeRO-3 ranks (params really partitioned): rank 0 streams the full tensors, rank 1 nothing."""
-    from rlhf_dist.engines.vllm_weight_sync import _free_port
-    from rlhf_dist.models import TinyModelSpec, load_causal_lm, save_tiny_model
+    from rlhf_dist.engines.weight_sync.broadcast_group import free_port as _free_port
+    from rlhf_dist.models import load_causal_lm
 
-    spec = TinyModelSpec(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=512)  # above ZeRO-3's persistence threshold
-    model_dir = str(save_tiny_model(tmp_path / "m", toy_corpus(), spec, vocab_size=384, seed=1))
+    model_dir = str(zero3_model_dir)  # hidden 256: above ZeRO-3's persistence threshold
     port = _free_port()
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
@@ -194,7 +194,7 @@ def _in_child(dir_a: str, dir_b: str, short, long) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
-    from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS, bucketize, engine_version, push_weights, weight_fingerprint
+    from rlhf_dist.engines.weight_sync import EXTENSION_CLS, bucketize, engine_version, push_weights, weight_fingerprint
     from rlhf_dist.models import load_causal_lm
 
     engine = VLLMRolloutEngine(dir_a, seed=0, max_model_len=256, worker_extension_cls=EXTENSION_CLS)
@@ -324,12 +324,12 @@ def test_incomplete_fused_group_at_final_bucket_is_refused_and_loads_nothing(syn
 
 
 def _rollout_actor_cls():
-    from rlhf_dist.engines.vllm_weight_sync import WeightSyncActorMixin
+    from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
 
     class RolloutActor(WeightSyncActorMixin):
         def __init__(self, model_dir: str):
             from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
-            from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
+            from rlhf_dist.engines.weight_sync import EXTENSION_CLS
 
             self.engine = VLLMRolloutEngine(model_dir, seed=0, max_model_len=256, worker_extension_cls=EXTENSION_CLS)
 
@@ -343,7 +343,7 @@ def _rollout_actor_cls():
 def test_push_through_ray_object_store_and_gloo_broadcast_into_actor(model_dirs, synced):
     """The engine in a Ray actor: B through the object store, then A through a gloo broadcast group."""
     ray = pytest.importorskip("ray")
-    from rlhf_dist.engines.vllm_weight_sync import BroadcastWeightSync, make_weight_sync
+    from rlhf_dist.engines.weight_sync import BroadcastWeightSync, make_weight_sync
     from rlhf_dist.models import load_causal_lm
 
     dir_a, dir_b = model_dirs

@@ -22,7 +22,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_dist.data.sampling import shard
-from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, grad_accum_steps
+from rlhf_dist.config.learner import LearnerConfig, OptimConfig
+from rlhf_dist.engines.deepspeed_engine import grad_accum_steps
 
 
 @dataclass(frozen=True)

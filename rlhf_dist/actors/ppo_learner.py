@@ -18,7 +18,8 @@ import ray
 
 from rlhf_dist.actors.learner_group import LearnerGroup, LearnerWorker, ModelSpec, load_model
 from rlhf_dist.buffer import balanced_bounds
-from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig, grad_accum_steps
+from rlhf_dist.config.learner import LearnerConfig, OptimConfig
+from rlhf_dist.engines.deepspeed_engine import grad_accum_steps
 from rlhf_dist.engines.ppo import PPOLossConfig
 
 
@@ -86,7 +87,7 @@ class PPOLearnerWorker(LearnerWorker):
 
         import torch
 
-        from rlhf_dist.engines.vllm_weight_sync import gathered_named_tensors, make_weight_sync
+        from rlhf_dist.engines.weight_sync import gathered_named_tensors, make_weight_sync
 
         start = time.perf_counter()
         tensors = gathered_named_tensors(self.policy)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import ray
 
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
-from rlhf_dist.engines.vllm_weight_sync import WeightSyncActorMixin
+from rlhf_dist.runtime import vllm_cpu_env
+from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
 
 
 class RolloutWorker(WeightSyncActorMixin):
@@ -25,7 +26,7 @@ class RolloutWorker(WeightSyncActorMixin):
         import torch
 
         from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
-        from rlhf_dist.engines.vllm_weight_sync import EXTENSION_CLS
+        from rlhf_dist.engines.weight_sync import EXTENSION_CLS
 
         kwargs: dict = {"worker_extension_cls": EXTENSION_CLS}
         if torch.cuda.is_available():
@@ -48,10 +49,9 @@ class RolloutWorker(WeightSyncActorMixin):
 
 def rollout_env() -> dict[str, str]:
     """Environment of a rollout actor: vLLM's engine core in the actor's own process on CPU (one
-    process per worker instead of two), a small KV cache and no thread pinning (stack-facts)."""
+    process per worker instead of two), and the vLLM CPU defaults of `rlhf_dist.runtime`."""
     env = {
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        **vllm_cpu_env(),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",

@@ -1,13 +1,13 @@
 """The RLHF math core: small pure-torch functions on padded batches.
 
-Conventions (see ../shared/notes/ppo-details.md):
+Conventions (the numbered PPO details are in docs/ppo-details.md):
 - B is the batch size, T the (padded) response length, V the vocabulary size, K responses per prompt.
 - `mask` is a (B, T) bool/0-1 tensor, True on response tokens (up to and including EOS) and
   False on padding. Responses are right-padded, so each row's valid tokens are a prefix.
 - Everything here imports torch and nothing else from the stack (a test enforces it).
 """
 
-from rlhf_dist.algo.advantages import PPOTargets, RunningMoments, explained_variance, ppo_targets
+from rlhf_dist.algo.advantages import PPOTargets, RunningMoments, batch_metrics, explained_variance, ppo_targets
 from rlhf_dist.algo.gae import gae_advantages
 from rlhf_dist.algo.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
 from rlhf_dist.algo.logprobs import entropy_from_logits, logprobs_from_logits
@@ -20,6 +20,7 @@ from rlhf_dist.algo.rewards import last_token_index, response_mask_after_eos, to
 __all__ = [
     "PPOTargets",
     "RunningMoments",
+    "batch_metrics",
     "explained_variance",
     "ppo_targets",
     "AdaptiveKLController",

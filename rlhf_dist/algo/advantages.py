@@ -115,3 +115,27 @@ class RunningMoments:
         """(x - mean) / std, then clipped to [-clip, clip]; only centred while std is undefined or 0."""
         out = (x.float() - self.mean) / (self.std if self.std > 0 else 1.0) if self.count > 1 else x.float() - self.mean
         return out if clip is None else out.clamp(-clip, clip)
+
+
+def batch_metrics(raw_score: torch.Tensor, targets: PPOTargets, beta: float, mask: torch.Tensor, has_eos: torch.Tensor,
+                  rollout_logprobs: torch.Tensor, old_logprobs: torch.Tensor, values: torch.Tensor) -> dict[str, float]:
+    """One rollout batch's metrics, with N+'s names (objective/...).
+
+    raw_score, has_eos: (B,) the scorer's output before normalisation, EOS flags; mask,
+    rollout_logprobs (the sampler's), old_logprobs (the learner's), values: (B, T).
+    `rollout/logprob_gap_*` is |log pi_sampler - log pi_learner| over valid tokens: 0 up to
+    numerics when both hold the same weights (docs/ppo-details.md item 37).
+    """
+    mask = mask.bool()
+    gap = (rollout_logprobs - old_logprobs).abs()[mask]
+    return {
+        "objective/score": raw_score.float().mean().item(),
+        "objective/kl": targets.kl_sum.mean().item(),
+        "objective/rlhf_reward": (targets.score - beta * targets.kl_sum).mean().item(),
+        "objective/beta": beta,
+        "rollout/response_len": mask.sum(1).float().mean().item(),
+        "rollout/eos_rate": has_eos.float().mean().item(),
+        "rollout/logprob_gap_mean": gap.mean().item(),
+        "rollout/logprob_gap_max": gap.max().item(),
+        "value/explained_variance": explained_variance(values, targets.returns, mask),
+    }

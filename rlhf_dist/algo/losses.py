@@ -106,8 +106,9 @@ def value_loss(
 
     loss_t = 0.5 * max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2) (N+ / Secrets-I;
     InstructGPT does not say). clip_eps=None gives the plain 0.5 * (V - R)^2.
-    Stats: vf_clipfrac (share of tokens where the clipped branch is larger). Padded positions
-    are zeroed first, so garbage there cannot reach the gradient.
+    Stats: vf_clipfrac (share of tokens where the clip bound, |V - V_old| > eps strictly, and the
+    clipped branch is the larger, so the token gets no gradient). Padded positions are zeroed
+    first, so garbage there cannot reach the gradient.
     """
     mask = mask.bool()
     zero = torch.zeros((), device=values.device)
@@ -118,11 +119,15 @@ def value_loss(
     if clip_eps is None:
         loss = 0.5 * unclipped
         return loss, {"vf_clipfrac": torch.zeros((), device=values.device)}
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    delta = values - old_values
+    clipped_values = old_values + torch.clamp(delta, -clip_eps, clip_eps)
     clipped = (clipped_values - returns) ** 2
     loss = 0.5 * torch.maximum(unclipped, clipped)
     with torch.no_grad():
-        stats = {"vf_clipfrac": masked_mean((clipped > unclipped).float(), mask)}
+        # The clip bound only where |V - V_old| > eps (read from the difference): inside the range
+        # V_old + (V - V_old) may round 1 ulp away from V, and `clipped > unclipped` alone counted that.
+        bound = (delta.abs() > clip_eps) & (clipped > unclipped)
+        stats = {"vf_clipfrac": masked_mean(bound.float(), mask)}
     return loss, stats
 
 

@@ -48,9 +48,13 @@ def ranking_loss(
     """
     valid = torch.ones_like(ranks, dtype=torch.bool) if valid is None else valid.bool()
     weights = _pair_weights(ranks, valid)
+    # Padding slots may hold any score (NaN, inf included). Replace them BEFORE any arithmetic:
+    # a where() after logsigmoid fixes the value but not the gradient (logsigmoid's backward at a
+    # NaN difference gives 0 * NaN = NaN, which the subtraction sends to every score of the prompt).
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    scores = torch.where(valid, scores, zero)
     diff = scores.unsqueeze(2) - scores.unsqueeze(1)  # [b, i, j] = r_i - r_j
-    # where(), not a product: a padding slot may hold any score (NaN included) without leaking.
-    pair_losses = torch.where(weights > 0, -F.logsigmoid(diff), torch.zeros((), device=diff.device))
+    pair_losses = torch.where(weights > 0, -F.logsigmoid(diff), zero)
     n_pairs = weights.sum(dim=(1, 2))
     has_pairs = n_pairs > 0
     if not has_pairs.any():
@@ -68,6 +72,8 @@ def pairwise_accuracy(
     """
     valid = torch.ones_like(ranks, dtype=torch.bool) if valid is None else valid.bool()
     weights = _pair_weights(ranks, valid)
+    # same masking as ranking_loss, so no padding score (NaN, inf) enters the arithmetic
+    scores = torch.where(valid, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
     diff = scores.unsqueeze(2) - scores.unsqueeze(1)
     correct = (diff > 0).float() + 0.5 * (diff == 0).float()
     return (correct * weights).sum() / weights.sum()

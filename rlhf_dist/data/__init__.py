@@ -5,7 +5,7 @@ batches, and split them into seeded minibatches and per-rank shards.
     format_prompt, encode_response, tokenize_sft / tokenize_comparisons / tokenize_prompts / tokenize_texts /
     tokenize_demonstrations
     collate_sft, collate_lm, collate_comparisons, token counts                        (collate.py)
-    minibatches, shard                                                               (sampling.py)
+    minibatches, shard, split_eval, PromptSampler, PtxSampler                        (sampling.py)
 
 Imports torch (and the models layer's padding helpers); pyarrow only when a Parquet file is read.
 Tokenizers are passed in (transformers' PreTrainedTokenizerFast or any object with the same calls).
@@ -47,9 +47,11 @@ from rlhf_dist.data.readers import (
     load_lm_data,
     load_texts,
 )
-from rlhf_dist.data.sampling import epoch_permutation, minibatches, shard
+from rlhf_dist.data.sampling import PromptSampler, PtxSampler, epoch_permutation, minibatches, shard, split_eval
 
 __all__ = [
+    "PromptSampler",
+    "PtxSampler",
     "TRUNCATION_MODES",
     "Comparison",
     "DataError",
@@ -76,6 +78,7 @@ __all__ = [
     "ranked_prompt_count",
     "sft_token_count",
     "shard",
+    "split_eval",
     "token_count",
     "tokenize_comparisons",
     "tokenize_demonstrations",

@@ -1,4 +1,6 @@
-"""Minibatch index permutations and per-rank shards (ppo-details item 35)."""
+"""Seeded orders: minibatch index permutations and per-rank shards (docs/ppo-details.md item 35),
+the held-out split of a training set, and the prompt and ptx samplers of PPO (pure, seeded, with
+a state that can be saved and restored)."""
 
 from __future__ import annotations
 
@@ -56,3 +58,74 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> Sequence[T]:
         )
     m = n // world_size
     return items[rank * m : (rank + 1) * m]
+
+
+def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out a seeded `fraction` of items (at least one) for evaluation: (train, held out)."""
+    order = list(range(len(items)))
+    random.Random(f"{seed}/eval-split").shuffle(order)
+    n_eval = max(1, int(round(fraction * len(items))))
+    held = set(order[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+class PromptSampler:
+    """Which prompts (indices into the prompt set) each PPO iteration samples.
+
+    Seeded passes over the set: pass p is a permutation drawn from (seed, p); iteration i takes
+    the next `per_iteration` prompts of its pass, wrapping within the pass when the set is not a
+    multiple of `per_iteration` long. A pure function of (seed, iteration): `state_dict` holds
+    the next iteration only, so a restored sampler continues the same sequence.
+    """
+
+    def __init__(self, n_prompts: int, per_iteration: int, seed: int) -> None:
+        if n_prompts < 1 or per_iteration < 1:
+            raise ValueError(f"PromptSampler needs prompts and per_iteration >= 1, got {n_prompts}, {per_iteration}")
+        self.n, self.per_iteration, self.seed = n_prompts, per_iteration, seed
+        self.iteration = 0
+
+    def indices(self, iteration: int) -> list[int]:
+        """The prompt indices of `iteration` (len = per_iteration)."""
+        per_pass = self.n // self.per_iteration or 1
+        order = list(range(self.n))
+        random.Random(f"{self.seed}/prompts/{iteration // per_pass}").shuffle(order)
+        k = (iteration % per_pass) * self.per_iteration
+        return [order[(k + i) % self.n] for i in range(self.per_iteration)]
+
+    def next(self) -> list[int]:
+        out = self.indices(self.iteration)
+        self.iteration += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+
+
+class PtxSampler:
+    """The ptx (pretraining-mix) sequences of each PPO minibatch: seeded passes over the corpus,
+    `per_batch` at a time, a fresh permutation from (seed, pass) each time a pass runs out."""
+
+    def __init__(self, n_items: int, per_batch: int, seed: int) -> None:
+        self.n, self.per_batch, self.seed = n_items, per_batch, seed
+        self.order: list[int] = []
+        self.epoch = 0
+
+    def next(self) -> list[int]:
+        """The next `per_batch` indices into the corpus."""
+        out = []
+        while len(out) < self.per_batch:
+            if not self.order:
+                self.order = list(range(self.n))
+                random.Random(f"{self.seed}/ptx/{self.epoch}").shuffle(self.order)
+                self.epoch += 1
+            out.append(self.order.pop())
+        return out
+
+    def state_dict(self) -> dict:
+        return {"order": list(self.order), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.epoch = list(state["order"]), int(state["epoch"])

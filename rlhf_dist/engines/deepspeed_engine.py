@@ -1,7 +1,7 @@
 """One learner rank: a model inside a DeepSpeed ZeRO engine, trained on micro-batches.
 
 The learner group (rlhf_dist.actors.learner_group) runs one `TrainEngine` per rank inside a Ray
-actor; pretraining, SFT, the reward model and (later) PPO all train through it. DeepSpeed is
+actor; pretraining, SFT, the reward model and PPO all train through it. DeepSpeed is
 imported only when an engine is built.
 
 Batch arithmetic: global batch = micro_batch_size * grad_accum * num_ranks. The configs give the
@@ -11,52 +11,13 @@ global batch and the micro-batch size; `grad_accum` is derived, and an inexact s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_dist.algo.schedules import SCHEDULES, lr_multiplier
+from rlhf_dist.algo.schedules import lr_multiplier
+from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@dataclass
-class OptimConfig:
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata={"help": "AdamW betas"})
-    eps: float = field(default=1e-5, metadata={"help": "AdamW eps (1e-5: 37 PPO details #3, N+)"})
-    schedule: str = field(default="cosine", metadata={"help": "cosine | linear | constant"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr / peak lr (InstructGPT RM: cosine to 10%)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "global grad-norm clip (0: off)"})
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule={self.schedule!r}: expected one of {SCHEDULES}")
-        if len(self.betas) != 2:
-            raise ValueError(f"optim.betas needs two numbers, got {self.betas}")
-
-
-@dataclass
-class LearnerConfig:
-    num_ranks: int = field(default=1, metadata={"help": "data-parallel learner ranks (Ray actors)"})
-    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage 0-3"})
-    dtype: str = field(default="fp32", metadata={"help": "fp32 (CPU) | bf16 (GPU)"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences (or prompts) per forward pass per rank"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
-    offload_optimizer: bool = field(default=False, metadata={"help": "ZeRO optimizer state in CPU memory (GPU runs)"})
-    cpus_per_rank: float = field(default=1.0, metadata={"help": "Ray CPUs reserved per rank"})
-    gpus_per_rank: float = field(default=0.0, metadata={"help": "Ray GPUs per rank (1 on GPU clusters)"})
-    torch_threads: int = field(default=0, metadata={"help": "torch threads per rank on CPU (0: cpus_per_rank)"})
-
-    def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"learner.zero_stage={self.zero_stage}: expected 0, 1, 2 or 3")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"learner.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
-        if self.num_ranks < 1 or self.micro_batch_size < 1:
-            raise ValueError("learner.num_ranks and learner.micro_batch_size must be >= 1")
 
 
 def grad_accum_steps(global_batch: int, micro_batch_size: int, num_ranks: int) -> int:
@@ -83,7 +44,7 @@ def deepspeed_config(cfg: LearnerConfig, optim: OptimConfig, global_batch: int) 
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.dtype == "bf16"},
-        # We pass torch's AdamW: no fused-Adam JIT build on CPU (stack-facts), same math everywhere.
+        # We pass torch's AdamW: no fused-Adam JIT build on CPU (docs/stack.md), same math everywhere.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,

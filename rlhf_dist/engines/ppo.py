@@ -1,5 +1,5 @@
 """What a PPO learner rank computes on its micro-batches: the policy and the critic, each in its own
-DeepSpeed engine (separate networks: N+ and the 37-details post; the critic starts from the RM,
+DeepSpeed engine (separate networks, as in N+ (Huang et al. 2024, arXiv 2403.17031); the critic starts from the RM,
 InstructGPT C.4).
 
 Micro-batches are Arrow trajectory tables (rlhf_dist.buffer), converted to padded tensors here.
@@ -13,7 +13,7 @@ ranks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pyarrow as pa
 import torch
@@ -27,6 +27,9 @@ TRAIN_COLUMNS = ("old_logprobs", "values", "advantages", "returns")
 
 @dataclass(frozen=True)
 class PPOLossConfig:
+    """What the learner's loss reads: the loss fields of the algorithm config (`PPOAlgoConfig`,
+    same names) and the sampling temperature that divides every log-prob's logits."""
+
     temperature: float = 1.0
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
@@ -34,6 +37,12 @@ class PPOLossConfig:
     vf_coef: float = 1.0
     entropy_coef: float = 0.0
     ptx_coef: float = 0.0
+
+    @classmethod
+    def from_config(cls, algo, temperature: float, ptx: bool) -> "PPOLossConfig":
+        """Derived from a `PPOAlgoConfig` by field name; `ptx_coef` is 0 when the run has no ptx data."""
+        names = [f.name for f in fields(cls) if f.name not in ("temperature", "ptx_coef")]
+        return cls(temperature=temperature, ptx_coef=algo.ptx_coef if ptx else 0.0, **{n: getattr(algo, n) for n in names})
 
 
 def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
@@ -133,3 +142,30 @@ def sum_stats(parts: Sequence[dict]) -> dict[str, float]:
             else:
                 out[k] = out.get(k, 0.0) + v
     return out
+
+
+def learner_metrics(steps: Sequence[dict]) -> dict[str, float]:
+    """One iteration's learner metrics from its PPO steps' statistics: token means over all steps
+    (cleanrl's names: approx_kl, clipfrac), plus the first minibatch's on-policy check (ratio 1 and
+    clip fraction 0 when sampling and training weights are the same: docs/ppo-details.md item 37)."""
+    tok = sum(s["tokens"] for s in steps)
+    first = steps[0]
+    m = {
+        "loss/policy": sum(s["pg_loss_sum"] for s in steps) / tok,
+        "loss/value": sum(s["vf_loss_sum"] for s in steps) / tok,
+        "policy/approx_kl": sum(s["approx_kl_sum"] for s in steps) / tok,
+        "policy/clipfrac": sum(s["clipfrac_sum"] for s in steps) / tok,
+        "policy/ratio_mean": sum(s["ratio_sum"] for s in steps) / tok,
+        "policy/ratio_max": max(s["ratio_max"] for s in steps),
+        "policy/entropy": sum(s["entropy_sum"] for s in steps) / tok,
+        "value/clipfrac": sum(s["vf_clipfrac_sum"] for s in steps) / tok,
+        "policy/first_minibatch_ratio_dev_max": first["ratio_dev_max"],
+        "policy/first_minibatch_clipfrac": first["clipfrac_sum"] / first["tokens"],
+        "policy/lr": steps[-1]["policy_lr_max"], "value/lr": steps[-1]["critic_lr_max"],
+    }
+    if "ptx_tokens" in first:
+        m["ptx/nll"] = sum(s["ptx_nll_sum"] for s in steps) / sum(s["ptx_tokens"] for s in steps)
+    for name in ("policy_grad_norm_max", "critic_grad_norm_max"):
+        if name in first:
+            m[f"{name.split('_')[0]}/grad_norm"] = sum(s[name] for s in steps) / len(steps)
+    return m

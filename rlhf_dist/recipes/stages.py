@@ -12,49 +12,11 @@ names; `train_file=`/`eval_file=` name files directly (JSONL or Parquet, schemas
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
-from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
-from rlhf_dist.models.tokenizer import DEFAULT_VOCAB_SIZE
-from rlhf_dist.recipes.train_stage import StageConfig, run_stage, split_eval
-from rlhf_dist.tasks.base import DEFAULT_TASK
-
-
-@dataclass
-class PretrainConfig(StageConfig):
-    data: str = field(default="", metadata={"help": "task-data folder (pretrain.jsonl, pretrain_heldout.jsonl)"})
-    size: str = field(default="small", metadata={"help": "with no init: size of the random-init model (tiny|small)"})
-    vocab_size: int = field(default=DEFAULT_VOCAB_SIZE, metadata={"help": "with no init: BPE vocabulary size (at most)"})
-    epochs: float = 1.0
-    batch_size: int = 64
-    max_len: int = 96
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=20, min_lr_ratio=0.1))
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(micro_batch_size=32))
-
-
-@dataclass
-class SFTConfig(StageConfig):
-    data: str = field(default="", metadata={"help": "task-data folder (sft.jsonl, eval_prompts.jsonl)"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task whose gold scorer grades samples (module:attr)"})
-    gold_prompts: int = field(default=200, metadata={"help": "held-out prompts sampled to compare gold of init vs SFT (0: skip)"})
-    gold_temperature: float = field(default=0.7, metadata={"help": "sampling temperature for that comparison"})
-    max_new_tokens: int = field(default=48, metadata={"help": "response budget when sampling"})
-    epochs: float = 2.0
-    batch_size: int = 32
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1))
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(micro_batch_size=16))
-
-
-@dataclass
-class RMConfig(StageConfig):
-    data: str = field(default="", metadata={"help": "task-data folder (comparisons.jsonl, comparisons_heldout.jsonl)"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task whose gold scorer gives the labeler's ceiling (module:attr)"})
-    epochs: float = 1.0  # InstructGPT C.2: one epoch; more overfits
-    batch_size: int = 32  # prompts per step; every C(K,2) pair of a prompt in one batch element
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=5, min_lr_ratio=0.1))
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(micro_batch_size=8))
+from rlhf_dist.config.stages import PretrainConfig, RMConfig, SFTConfig
+from rlhf_dist.recipes.train_stage import run_stage
 
 
 def _files(cfg, train_name: str, eval_name: str | None) -> tuple[Path, Path | None]:
@@ -80,12 +42,13 @@ def _write_summary(out: str, summary: dict) -> None:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    from rlhf_dist.data import load_texts, tokenize_texts
+    from rlhf_dist.data import load_texts, split_eval, tokenize_texts
     from rlhf_dist.models import load_tokenizer
 
     train_file, eval_file = _files(cfg, "pretrain.jsonl", "pretrain_heldout.jsonl")
     if not cfg.init:
-        from rlhf_dist.recipes.build_model import BuildModelConfig, build_model
+        from rlhf_dist.config.pipeline import BuildModelConfig
+        from rlhf_dist.recipes.build_model import build_model
 
         cfg.init = str(build_model(BuildModelConfig(out=str(Path(cfg.out) / "init"), data=str(train_file.parent),
                                                      size=cfg.size, vocab_size=cfg.vocab_size, seed=cfg.seed)))
@@ -103,8 +66,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def sft(cfg: SFTConfig) -> dict:
-    from rlhf_dist.data import load_prompts, load_sft, tokenize_sft
-    from rlhf_dist.evaluation.gold import gold_of_samples
+    from rlhf_dist.data import load_prompts, load_sft, split_eval, tokenize_sft
+    from rlhf_dist.evaluation.sample_and_score import gold_of_samples
     from rlhf_dist.models import load_tokenizer
     from rlhf_dist.tasks.base import load_task
 
@@ -146,26 +109,9 @@ def _rm_summary(sums: dict) -> dict:
     return out
 
 
-def labeler_ceiling(comparisons, task) -> float:
-    """Accuracy of the hidden gold scorer itself against the (noisy) recorded rankings: the best
-    pairwise accuracy any reward model can expect on these labels. Gold ties count one half."""
-    from rlhf_dist.algo import ranks_from_ordering
-    from rlhf_dist.data import prompt_text
-
-    correct = total = 0.0
-    for c in comparisons:
-        gold = [task.gold_score(prompt_text(c.prompt), r) for r in c.responses]
-        ranks = ranks_from_ordering(c.ranking)
-        for i in range(len(gold)):
-            for j in range(len(gold)):
-                if ranks[i] < ranks[j]:
-                    total += 1
-                    correct += 1.0 if gold[i] > gold[j] else 0.5 if gold[i] == gold[j] else 0.0
-    return correct / total
-
-
 def rm(cfg: RMConfig) -> dict:
-    from rlhf_dist.data import load_comparisons, tokenize_comparisons
+    from rlhf_dist.data import load_comparisons, split_eval, tokenize_comparisons
+    from rlhf_dist.evaluation.metrics import labeler_ceiling
     from rlhf_dist.models import load_tokenizer
     from rlhf_dist.tasks.base import load_task
 

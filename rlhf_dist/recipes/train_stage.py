@@ -1,107 +1,17 @@
 """The training loop shared by `pretrain`, `sft` and `rm`: epochs of seeded minibatches through the
-learner group, with evaluation, DeepSpeed checkpoints, metrics and a final HF model folder.
-
-Run folder layout (every stage):
-    config.yaml        the resolved config
-    metrics.jsonl      one JSON object per logged step (train) and per evaluation (eval/...)
-    tb/                TensorBoard events
-    checkpoints/       DeepSpeed checkpoints every `save_every` steps (resumable, sharded)
-    model/             the final model in Hugging Face format (+ tokenizer)
-    summary.json       the stage's headline numbers and wall time
+learner group, with evaluation, DeepSpeed checkpoints, metrics and a final HF model folder (the run
+folder's layout: rlhf_dist/runtime.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_dist.config import config_to_dict, save_config
-from rlhf_dist.engines.deepspeed_engine import LearnerConfig, OptimConfig
-
-
-@dataclass
-class StageConfig:
-    """Fields shared by every training stage (each stage subclasses it with its own defaults)."""
-
-    out: str = field(default="", metadata={"help": "run folder (required)"})
-    init: str = field(default="", metadata={"help": "model folder to start from (HF format, with tokenizer)"})
-    train_file: str = field(default="", metadata={"help": "training data (JSONL or Parquet)"})
-    eval_file: str = field(default="", metadata={"help": "held-out data; empty: hold out eval_fraction of train_file"})
-    eval_fraction: float = field(default=0.05, metadata={"help": "share of train_file held out when eval_file is empty"})
-    seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
-    batch_size: int = field(default=32, metadata={"help": "global batch (sequences, or prompts for rm) per optimizer step"})
-    max_len: int = field(default=128, metadata={"help": "token budget per sequence (prompt + response)"})
-    max_prompt_len: int | None = field(default=None, metadata={"help": "token budget for the prompt (default: what fits)"})
-    truncation: str = field(default="middle", metadata={"help": "over-long prompts: middle | skip | error"})
-    log_every: int = field(default=10, metadata={"help": "steps between metric lines"})
-    eval_every: int = field(default=100, metadata={"help": "steps between evaluations (0: only at the end)"})
-    save_every: int = field(default=0, metadata={"help": "steps between DeepSpeed checkpoints (0: none)"})
-    ray_address: str = field(default="", metadata={"help": "Ray cluster address; empty: $RAY_ADDRESS or a local Ray"})
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-    def __post_init__(self) -> None:
-        if not self.out:
-            raise ValueError("missing --out DIR")
-        if self.truncation not in ("middle", "skip", "error"):
-            raise ValueError(f"truncation={self.truncation!r}: expected middle, skip or error")
-        if self.batch_size < 1 or self.epochs <= 0:
-            raise ValueError("batch_size must be >= 1 and epochs > 0")
-
-
-def ensure_ray(address: str = "") -> None:
-    """Connect to the given cluster, or $RAY_ADDRESS, or start Ray in-process on this machine."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # address="local": always a fresh in-process instance, even when a `ray start` cluster runs on
-        # this machine (plain ray.init would try to join it and refuse num_cpus).
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-
-
-class RunLog:
-    """metrics.jsonl + TensorBoard, one call per record."""
-
-    def __init__(self, out: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # A new run in an old folder starts its logs afresh (there is no resume yet).
-        shutil.rmtree(out / "tb", ignore_errors=True)
-        self.file = (out / "metrics.jsonl").open("w")
-        self.tb = SummaryWriter(str(out / "tb"))
-
-    def write(self, step: int, record: dict) -> None:
-        self.file.write(json.dumps({"step": step, **record}) + "\n")
-        self.file.flush()
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        self.file.close()
-        self.tb.close()
-
-
-def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out a seeded `fraction` of items (at least one) for evaluation."""
-    import random
-
-    order = list(range(len(items)))
-    random.Random(f"{seed}/eval-split").shuffle(order)
-    n_eval = max(1, int(round(fraction * len(items))))
-    held = set(order[:n_eval])
-    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.runtime import RunLog, ensure_ray
 
 
 def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: list, eval_items: list,

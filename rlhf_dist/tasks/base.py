@@ -10,7 +10,7 @@ generic and lives outside the task, so a new task is one object:
     task=path/to/my_task.py:my_task   # or a file, loaded by path
 
 `attr` may be an instance, a class (instantiated with no arguments) or a zero-argument factory.
-This module imports only the standard library.
+This module imports only the standard library (and the config layer's defaults).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-DEFAULT_TASK = "rlhf_dist.tasks.instruct:task"
+from rlhf_dist.config.fields import DEFAULT_TASK  # noqa: F401  (the built-in task, re-exported)
 
 # Prompts and responses are single-line strings; a pretraining text of a pair is joined with this
 # separator, and later stages must join them the same way so the base model sees one format.

@@ -1,9 +1,8 @@
 """Write every data file of a task for one seed, atomically, and report headroom and label quality.
 
-    python -m rlhf_dist.tasks.generate --out runs/data                 # built-in task, defaults
-    python -m rlhf_dist.tasks.generate --out runs/data seed=1 n_sft=1000 k=4 labeler_temperature=0.05
-    python -m rlhf_dist.tasks.generate --out runs/echo task=examples/echo_task.py:task
-    (wired as `rlhf-dist task-data --out DIR [key=value ...]`)
+    rlhf-dist task-data --out runs/data                 # built-in task, defaults (rlhf_dist/recipes/task_data.py)
+    rlhf-dist task-data --out runs/data seed=1 n_sft=1000 k=4 labeler_temperature=0.05
+    rlhf-dist task-data --out runs/echo task=examples/echo_task.py:task
 
 Files (JSON Lines, keys sorted; see docs/tasks.md):
     pretrain.jsonl, pretrain_heldout.jsonl   {"text"}
@@ -37,39 +36,7 @@ from typing import Callable, Optional
 from . import base
 from .labeler import DEFAULT_TEMPERATURE, Labeler, agreement_with_gold
 from .probe import BagOfWordsRM, ranking_pairs
-from ..config import ConfigError, parse_cli
-
-
-@dataclasses.dataclass
-class Config:
-    out: str = dataclasses.field(default="", metadata={"help": "output folder (required)"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "one seed for every file"})
-    task: str = dataclasses.field(default=base.DEFAULT_TASK, metadata={"help": "module:attr or path/to/file.py:attr"})
-    n_pretrain: int = dataclasses.field(default=20_000, metadata={"help": "base-model corpus: ~1M bytes, enough for a 1-5M model in minutes"})
-    n_pretrain_heldout: int = dataclasses.field(default=1_000, metadata={"help": "NLL on these measures the alignment tax"})
-    n_sft: int = dataclasses.field(default=5_000, metadata={"help": "demonstrations (InstructGPT: ~13k for 175B)"})
-    n_rl_prompts: int = dataclasses.field(default=2_000, metadata={"help": "PPO prompts"})
-    n_eval_prompts: int = dataclasses.field(default=500, metadata={"help": "held-out prompts for gold score and win rate"})
-    n_comparisons: int = dataclasses.field(default=2_000, metadata={"help": "ranked prompts; x C(k,2) = 12k pairs at k=4 (Gao et al.: ~2k minimum)"})
-    n_comparisons_heldout: int = dataclasses.field(default=500, metadata={"help": "RM accuracy, on held-out prompts"})
-    k: int = dataclasses.field(default=4, metadata={"help": "responses ranked per prompt (InstructGPT: 4 to 9)"})
-    labeler_temperature: float = dataclasses.field(default=DEFAULT_TEMPERATURE, metadata={"help": "Plackett-Luce noise on gold in [0, 1]"})
-    eval_fraction: float = dataclasses.field(default=0.1, metadata={"help": "share of the prompt space kept for evaluation"})
-    n_agreement_pairs: int = dataclasses.field(default=4_000, metadata={"help": "random pairs for the labeler-agreement statistic"})
-    probe: int = dataclasses.field(default=1, metadata={"help": "1: fit a bag-of-words RM on the comparisons and report what it rewards"})
-
-    def __post_init__(self) -> None:
-        if not self.out:
-            raise ValueError("missing --out DIR")
-        for f in dataclasses.fields(self):
-            if f.name.startswith("n_") and getattr(self, f.name) < 0:
-                raise ValueError(f"bad value for {f.name}: must be >= 0")
-        if self.k < 2:
-            raise ValueError("bad value for k: rankings need k >= 2")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError("bad value for eval_fraction: must be in (0, 1)")
-        if self.labeler_temperature < 0:
-            raise ValueError("bad value for labeler_temperature: must be >= 0")
+from ..config.pipeline import TaskDataConfig as Config
 
 
 # ---------------------------------------------------------------------------------- randomness
@@ -333,26 +300,3 @@ def generate(out: Path, cfg: Config) -> dict:
     }
     write_all(out, files, manifest)
     return manifest
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI entry point: returns 0 on success, 2 on a bad command line or task spec, 1 on failure."""
-    argv = sys.argv[1:] if argv is None else argv
-    start = time.perf_counter()
-    try:
-        cfg = parse_cli(Config, argv, "rlhf-dist task-data", __doc__)
-        out = Path(cfg.out)
-        manifest = generate(out, cfg)
-    except (ConfigError, base.TaskSpecError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report(manifest, time.perf_counter() - start))
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

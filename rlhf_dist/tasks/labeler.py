@@ -18,7 +18,8 @@ import math
 import random
 from typing import Callable, Sequence
 
-DEFAULT_TEMPERATURE = 0.1  # on gold in [0, 1]: a 0.1 gap is preferred 73% of the time (sigmoid(1))
+from rlhf_dist.config.fields import DEFAULT_LABELER_TEMPERATURE as DEFAULT_TEMPERATURE  # 0.1 gold gap: preferred 73%
+
 TIE_EPS = 1e-9  # gold scores closer than this are a tie
 
 ScoreFn = Callable[[str, str], float]

@@ -1,0 +1,89 @@
+"""Every role of a PPO run, started as Ray actors from the config: the rollout workers (vLLM), the
+reward and reference actors (frozen RM and SFT policy), and the learner group (policy + critic in
+DeepSpeed). The driver (rlhf_dist/recipes/ppo.py) calls the coarse methods here; nothing here
+holds algorithm state."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+
+from rlhf_dist.actors.learner_group import ModelSpec
+from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
+from rlhf_dist.actors.rollout import RolloutGroup
+from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
+from rlhf_dist.buffer import add_columns
+from rlhf_dist.config.ppo import PPOConfig
+from rlhf_dist.data.ppo_data import PPOData
+from rlhf_dist.engines.ppo import PPOLossConfig
+from rlhf_dist.runtime import ensure_ray
+
+
+class PPOActors:
+    """The actors of one PPO run (all started in `__init__`; `shutdown` stops them)."""
+
+    def __init__(self, cfg: PPOConfig, data: PPOData) -> None:
+        self.cfg, self.data = cfg, data
+        ensure_ray(cfg.ray_address)
+        r, p = cfg.rollout, cfg.ppo
+        rows = cfg.prompts_per_iteration * r.samples_per_prompt
+        self.minibatches_per_epoch = rows // p.minibatch_size
+        self.ptx_per_minibatch = round(p.ptx_ratio * p.minibatch_size) if data.ptx else 0
+        start = time.perf_counter()
+        max_len = cfg.max_prompt_len + r.max_new_tokens + 8
+        self.rollout = RolloutGroup(data.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
+                                    r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization)
+        self.reward = ScorerPool(RewardActor, cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor,
+                                 data.reward_model, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype)
+        self.reference = ScorerPool(ReferenceActor, cfg.reference.num_actors, cfg.reference.cpus_per_actor,
+                                    cfg.reference.gpus_per_actor, data.sft, data.pad_id, r.temperature,
+                                    cfg.reference.micro_batch_size, cfg.reference.dtype)
+        total_steps = cfg.iterations * p.epochs * self.minibatches_per_epoch
+        self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), ModelSpec(data.critic, "scalar", cfg.seed),
+                                       cfg.learner, cfg.optim, cfg.critic_optim, p.minibatch_size, total_steps, data.pad_id,
+                                       PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx)))
+        info = self.learner.info[0]
+        print(f"   {r.num_workers} rollout worker(s), {cfg.reward.num_actors} reward + {cfg.reference.num_actors} reference actor(s), "
+              f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} + critic "
+              f"{info['critic_params']:,} parameters); {rows} responses/iteration in {self.minibatches_per_epoch} minibatch(es) "
+              f"of {p.minibatch_size} = {cfg.learner.micro_batch_size} x {self.learner.grad_accum} accum x {cfg.learner.num_ranks} ranks"
+              f"{f', + {self.ptx_per_minibatch} ptx sequences each' if self.ptx_per_minibatch else ''}; "
+              f"set-up {time.perf_counter() - start:.1f} s", flush=True)
+
+    def sample(self, prompt_indices: list[int], iteration: int):
+        """Start sampling `rollout.samples_per_prompt` responses to each prompt; `.result()` gives the
+        Arrow table (rows in prompt order, each with the weight version that sampled it)."""
+        n = self.cfg.rollout.samples_per_prompt
+        index = [i for i in prompt_indices for _ in range(n)]
+        sample_index = [s for _ in prompt_indices for s in range(n)]
+        seed = random.Random(f"{self.cfg.seed}/sampling/{iteration}").getrandbits(30)
+        r = self.cfg.rollout
+        return self.rollout.submit([self.data.prompt_ids[i] for i in index], index, sample_index, r.max_new_tokens,
+                                   r.temperature, seed)
+
+    def sample_held_out(self, prompt_ids: list, seed: int):
+        """One sample per held-out prompt from the current weights, at the training temperature."""
+        n, r = len(prompt_ids), self.cfg.rollout
+        return self.rollout.generate(prompt_ids, list(range(n)), [0] * n, r.max_new_tokens, r.temperature, seed=seed)
+
+    def score(self, table, scores: list[float] | None = None):
+        """`table` with the columns `score` (the RM's, or the given ones: reward_source=gold) and
+        `ref_logprobs`; the reward and reference actors run in parallel."""
+        ref = self.reference.submit("logprobs", table)
+        if scores is not None:
+            score = np.asarray(scores, dtype=np.float32)
+        else:
+            score = self.reward.submit("score", table).result()
+        return add_columns(table, score=score, ref_logprobs=ref.result())
+
+    def push_weights(self, version: int) -> dict:
+        """The learner's policy weights to every rollout worker, stamped `version`."""
+        r = self.cfg.rollout
+        return self.learner.push_weights(self.rollout.workers, version, r.weight_transport, r.bucket_mb * 2**20)
+
+    def shutdown(self) -> None:
+        for part in ("learner", "rollout", "reward", "reference"):
+            if hasattr(self, part):
+                getattr(self, part).shutdown()

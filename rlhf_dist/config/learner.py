@@ -1,0 +1,37 @@
+"""The learner group's config (DeepSpeed ZeRO ranks) and the optimizer's, shared by every stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rlhf_dist.config.fields import param
+
+
+@dataclass
+class OptimConfig:
+    lr: float = param(1e-3, "peak learning rate", gt=0)
+    weight_decay: float = param(0.0, "AdamW weight decay", ge=0)
+    betas: list[float] = param([0.9, 0.95], "AdamW betas", ge=0, lt=1)
+    eps: float = param(1e-5, "AdamW eps (1e-5: docs/ppo-details.md item 36)", gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = param("cosine", "learning-rate schedule after warm-up")
+    warmup_steps: int = param(0, "linear warm-up steps", ge=0)
+    min_lr_ratio: float = param(0.1, "final lr / peak lr (InstructGPT RM: cosine to 10%)", ge=0, le=1)
+    grad_clip: float = param(1.0, "global grad-norm clip (0: off)", ge=0)
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas needs two numbers, got {self.betas}")
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = param(1, "data-parallel learner ranks (Ray actors)", ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = param(2, "DeepSpeed ZeRO stage")
+    dtype: Literal["fp32", "bf16"] = param("fp32", "fp32 (CPU) | bf16 (GPU)")
+    micro_batch_size: int = param(8, "sequences (or prompts) per forward pass per rank", ge=1)
+    gradient_checkpointing: bool = param(False, "recompute activations in backward")
+    offload_optimizer: bool = param(False, "ZeRO optimizer state in CPU memory (GPU runs)")
+    cpus_per_rank: float = param(1.0, "Ray CPUs reserved per rank", ge=0)
+    gpus_per_rank: float = param(0.0, "Ray GPUs per rank (1 on GPU clusters)", ge=0)
+    torch_threads: int = param(0, "torch threads per rank on CPU (0: cpus_per_rank)", ge=0)

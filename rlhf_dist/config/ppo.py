@@ -1,0 +1,119 @@
+"""Config of `rlhf-dist ppo`: the roles (rollout workers, frozen scorers, learner group) and the
+algorithm. Defaults follow InstructGPT (Ouyang et al. 2022) where it states them, else N+ (Huang
+et al. 2024, "The N+ Implementation Details of RLHF with PPO", arXiv 2403.17031); the numbered
+items are in docs/ppo-details.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rlhf_dist.config.fields import DEFAULT_TASK, param
+from rlhf_dist.config.learner import LearnerConfig, OptimConfig
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = param(1, "vLLM rollout workers (Ray actors), independent of learner ranks", ge=1)
+    cpus_per_worker: float = param(0.25, "Ray CPUs per rollout worker", ge=0)
+    gpus_per_worker: float = param(0.0, "Ray GPUs per rollout worker (GPU clusters: 1)", ge=0)
+    tensor_parallel_size: int = param(1, "vLLM tensor parallelism per worker (GPU)", ge=1)
+    gpu_memory_utilization: float = param(0.85, "vLLM's share of its GPU's memory", gt=0, le=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = param("float32", "vLLM dtype: float32 (CPU) | bfloat16 (GPU)")
+    temperature: float = param(0.7, "sampling temperature, also applied to every learner/reference log-prob "
+                                     "(N+: 0.7; InstructGPT: 1)", gt=0)
+    top_p: float = param(1.0, "must be 1: PPO needs samples from the full distribution (docs/ppo-details.md item 13)")
+    top_k: int = param(-1, "must be -1 (off), same reason")
+    max_new_tokens: int = param(48, "response budget; responses cut here have no EOS", ge=1)
+    samples_per_prompt: int = param(1, "responses sampled per prompt", ge=1)
+    weight_transport: Literal["auto", "object_store", "broadcast"] = param(
+        "auto", "learner -> vLLM weights: object_store (CPU) | broadcast (NCCL on GPU, gloo on CPU) | auto")
+    bucket_mb: int = param(256, "weight-sync bucket size (MiB)", ge=1)
+    max_staleness: int = param(0, "allowed policy versions between sampling and training (0: on-policy)", ge=0)
+    overlap: bool = param(False, "sample the next batch while the learner trains on this one "
+                                 "(one step off-policy: needs max_staleness >= 1)")
+
+    def __post_init__(self) -> None:
+        if self.top_p != 1.0 or self.top_k not in (-1, 0):
+            raise ValueError(f"rollout.top_p={self.top_p}, rollout.top_k={self.top_k}: PPO's ratio and KL assume samples "
+                             "from the full distribution at the temperature; use top_p=1 and top_k=-1 (docs/ppo-details.md item 13)")
+        if self.overlap and self.max_staleness < 1:
+            raise ValueError("rollout.overlap=true samples with weights one version old: set rollout.max_staleness >= 1")
+
+
+@dataclass
+class ScorerConfig:
+    num_actors: int = param(1, "actors holding a copy of this frozen model", ge=1)
+    cpus_per_actor: float = param(0.25, "Ray CPUs per actor", ge=0)
+    gpus_per_actor: float = param(0.0, "Ray GPUs per actor (GPU clusters: e.g. 0.5 or 1)", ge=0)
+    micro_batch_size: int = param(16, "rows per forward pass", ge=1)
+    dtype: Literal["float32", "bfloat16"] = param("float32", "float32 (CPU) | bfloat16 (GPU)")
+
+
+@dataclass
+class PPOAlgoConfig:
+    kl_coef: float = param(0.02, "beta of the per-token KL penalty (InstructGPT 0.02, N+ 0.05)", ge=0)
+    kl_target: float | None = param(None, "adaptive beta: target KL per sequence (null: fixed beta)", gt=0)
+    kl_horizon: float = param(10000.0, "adaptive beta horizon in episodes (Ziegler et al. 2019)", gt=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "KL estimator in the reward (docs/ppo-details.md item 23)")
+    gamma: float = param(1.0, "GAE discount (InstructGPT: none)", ge=0, le=1)
+    lam: float = param(0.95, "GAE lambda", ge=0, le=1)
+    clip_eps: float = param(0.2, "policy ratio clip", gt=0)
+    clip_eps_high: float | None = param(None, "upper ratio clip (null: clip_eps)", gt=0)
+    value_clip: float | None = param(0.2, "value clip around the old values (null: unclipped)", gt=0)
+    vf_coef: float = param(1.0, "value-loss weight (separate critic: scales its gradient only)", ge=0)
+    entropy_coef: float = param(0.0, "entropy bonus (N+: off)", ge=0)
+    epochs: int = param(1, "PPO epochs per rollout batch (InstructGPT 1, N+ 4)", ge=1)
+    minibatch_size: int = param(32, "trajectories per optimizer step (all ranks)", ge=1)
+    whiten_advantages: bool = param(True, "whiten advantages over the batch's valid tokens")
+    whiten_rewards: bool = param(False, "whiten token rewards, mean kept (docs/ppo-details.md item 25: off)")
+    score_norm: Literal["none", "running"] = param("none", "running: normalise RM scores by their running mean/std")
+    score_clip: float | None = param(None, "clip normalised scores to +-this (with score_norm=running)", gt=0)
+    missing_eos_penalty: float | None = param(1.0, "subtracted from the score of responses with no EOS (null: off)", ge=0)
+    ptx_coef: float = param(0.0, "gamma of PPO-ptx (InstructGPT 27.8); 0: plain PPO", ge=0)
+    ptx_ratio: float = param(8.0, "pretraining sequences per RL episode in each minibatch (InstructGPT 8)", gt=0)
+    ptx_max_len: int = param(96, "token budget of a pretraining sequence", ge=2)
+
+
+@dataclass
+class PPOConfig:
+    out: str = param("", "run folder (required)")
+    task: str = param(DEFAULT_TASK, "task whose gold scorer grades samples (monitoring; the reward with reward_source=gold)")
+    data: str = param("", "task-data folder (rl_prompts.jsonl, eval_prompts.jsonl, pretrain.jsonl)")
+    prompts_file: str = param("", "RL prompts {prompt} (default: data/rl_prompts.jsonl)")
+    eval_prompts_file: str = param("", "held-out prompts (default: data/eval_prompts.jsonl)")
+    ptx_file: str = param("", "ptx data (default: data/pretrain.jsonl): pretraining texts {text} and/or "
+                              "demonstrations {prompt, response}; several files: comma-separated")
+    sft: str = param("", "SFT model folder: the policy's start and the frozen reference")
+    reward_model: str = param("", "reward model folder (frozen)")
+    reward_source: Literal["rm", "gold"] = param("rm", "gold: train on the task's hidden gold scorer instead of the RM "
+                                                       "(a rule-based reward: what RL reaches with a perfect RM)")
+    critic: str = param("", "critic's start (default: the reward model, InstructGPT C.4)")
+    models: str = param("runs/tiny_models", "with sft/reward_model empty: find (or build) them here")
+    build_size: Literal["tiny", "small"] = param("tiny", "size of the models built in `models`")
+    seed: int = param(0, "prompt order, sampling and initialisation seed")
+    iterations: int = param(20, "PPO iterations (rollout batch -> update -> weight push)", ge=1)
+    prompts_per_iteration: int = param(64, "prompts sampled per iteration (x samples_per_prompt rows)", ge=1)
+    max_prompt_len: int = param(64, "prompt token budget (longer prompts: truncation)", ge=1)
+    truncation: Literal["middle", "skip", "error"] = param("middle", "over-long prompts: cut in the middle, skip, or error")
+    eval_prompts: int = param(128, "held-out prompts for gold/proxy/KL evaluation (0: none)", ge=0)
+    eval_every: int = param(0, "iterations between evaluations (0: only before and after)", ge=0)
+    save_every: int = param(0, "iterations between DeepSpeed checkpoints (0: none)", ge=0)
+    write_trajectories: bool = param(True, "write every iteration's Arrow rows to out/trajectories")
+    trajectory_format: Literal["parquet", "arrow"] = param("parquet", "trajectory files: parquet | arrow (IPC)")
+    ray_address: str = param("", "Ray cluster address; empty: $RAY_ADDRESS or a local Ray")
+    learner: LearnerConfig = param(LearnerConfig(micro_batch_size=8), "learner group (policy + critic)")
+    optim: OptimConfig = param(OptimConfig(lr=1e-5, schedule="constant", warmup_steps=10, grad_clip=1.0), "policy optimizer")
+    critic_optim: OptimConfig = param(OptimConfig(lr=1e-5, schedule="constant", warmup_steps=10, grad_clip=1.0), "critic optimizer")
+    rollout: RolloutConfig = param(RolloutConfig(), "rollout workers")
+    reward: ScorerConfig = param(ScorerConfig(), "reward actors")
+    reference: ScorerConfig = param(ScorerConfig(), "reference actors")
+    ppo: PPOAlgoConfig = param(PPOAlgoConfig(), "the algorithm")
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("missing --out DIR")
+        rows = self.prompts_per_iteration * self.rollout.samples_per_prompt
+        if rows % self.ppo.minibatch_size:
+            raise ValueError(f"prompts_per_iteration x rollout.samples_per_prompt = {rows} is not divisible by "
+                             f"ppo.minibatch_size {self.ppo.minibatch_size}")

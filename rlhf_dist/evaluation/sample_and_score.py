@@ -1,0 +1,107 @@
+"""The one evaluation path: sample a model on prompts, then score its samples.
+
+    scores = sample_and_score(sample, prompts, prompt_ids, task, tokenizer, reward=..., reference=...)
+    scores.summary()   # {"gold", "proxy", "kl", "response_len", "eos_rate", "prompts"}
+
+Every measurement of samples goes through `sample_and_score`: PPO's periodic evaluation (its
+rollout workers with the current weights, its reward and reference actors), `rlhf-dist eval`
+(each model folder sampled in a child process; the RM and the baseline as in-process engines),
+best-of-n in the over-optimisation study, and SFT's gold report. What differs between them is
+only where the samples and the scores come from, which the caller passes as functions:
+
+    sample(prompt_ids) -> pa.Table                   rollout rows (rlhf_dist.buffer schema), one per prompt, in order
+    reward(table) -> (B,) scores                     e.g. RewardEngine.score, or a Ray actor pool's submit
+    reference(table) -> list<float32> per row        log pi_ref_T of each response token (ReferenceEngine.logprobs)
+
+`reward` and `reference` may return a handle with `.result()` instead of the value; both are
+started before either is waited on, so actors score in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class SampleScores:
+    """Per-sample results, in the order of the prompts (B samples)."""
+
+    table: object  # pa.Table of the rollout rows: prompt_ids, response_ids, rollout_logprobs, finished_with_eos, ...
+    responses: list[str]  # decoded responses (special tokens skipped)
+    gold: list[float]  # the task's hidden gold score of each sample
+    proxy: list[float] | None  # the reward model's score (None without `reward`)
+    kl: list[float] | None  # sum_t log pi_T(y_t) - log pi_ref_T(y_t): the sample's KL estimate (None without `reference`)
+    lengths: list[int]  # response tokens
+    eos: list[bool]  # finished with EOS (not cut at the budget)
+
+    def summary(self) -> dict:
+        """Means over the samples: gold, proxy, kl (None where not scored), response_len, eos_rate, prompts."""
+        n = len(self.gold)
+        mean = lambda xs: None if xs is None else sum(xs) / n  # noqa: E731
+        return {"gold": mean(self.gold), "proxy": mean(self.proxy), "kl": mean(self.kl),
+                "response_len": sum(self.lengths) / n, "eos_rate": sum(self.eos) / n, "prompts": n}
+
+
+def _value(x):
+    return x.result() if hasattr(x, "result") else x
+
+
+def sample_and_score(sample: Callable, prompts: Sequence, prompt_ids: Sequence[Sequence[int]], task, tokenizer,
+                     reward: Callable | None = None, reference: Callable | None = None) -> SampleScores:
+    """Sample one response per entry of `prompt_ids` and score it.
+
+    prompts: the prompt objects (str or messages) of the rows, aligned with `prompt_ids` (repeat
+        a prompt to draw several samples of it); the gold scorer reads their text.
+    tokenizer: decodes responses for the gold scorer (the policy's).
+    """
+    import pyarrow as pa
+
+    from rlhf_dist.data import prompt_text
+
+    if len(prompts) != len(prompt_ids):
+        raise ValueError(f"sample_and_score: {len(prompts)} prompts but {len(prompt_ids)} prompt id lists")
+    table = sample(prompt_ids)
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    pending_reward = reward(table) if reward is not None else None
+    pending_reference = reference(table) if reference is not None else None
+    response_ids = table.column("response_ids").to_pylist()
+    responses = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    gold = [float(task.gold_score(prompt_text(p), y)) for p, y in zip(prompts, responses)]
+    proxy = [float(s) for s in _value(pending_reward)] if reward is not None else None
+    kl = None
+    if reference is not None:
+        ref = _value(pending_reference).to_pylist()
+        policy = table.column("rollout_logprobs").to_pylist()
+        kl = [sum(p) - sum(r) for p, r in zip(policy, ref)]
+    return SampleScores(table, responses, gold, proxy, kl, [len(r) for r in response_ids],
+                        [bool(e) for e in table.column("finished_with_eos").to_pylist()])
+
+
+def subprocess_sampler(model_dir: str, temperature: float, max_new_tokens: int, seed: int) -> Callable:
+    """`sample` for a model folder: one vLLM engine in a child process per call, request i seeded
+    seed + i (the same seed for every model gives every model the same random streams)."""
+
+    def sample(prompt_ids):
+        from rlhf_dist.buffer import rollouts_to_batch
+        from rlhf_dist.engines.vllm_rollout import sample_in_subprocess
+
+        rollouts = sample_in_subprocess(model_dir, prompt_ids, temperature, max_new_tokens, seed)
+        return rollouts_to_batch(rollouts, list(range(len(rollouts))), 0, 0)
+
+    return sample
+
+
+def gold_of_samples(model_dir: str, prompts: Sequence, task, temperature: float, max_new_tokens: int, seed: int) -> dict:
+    """Mean gold score, EOS rate and mean length of one sample per prompt from a model folder,
+    plus the samples (SFT's before/after report)."""
+    from rlhf_dist.data import format_prompts
+    from rlhf_dist.models import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    s = sample_and_score(subprocess_sampler(model_dir, temperature, max_new_tokens, seed), prompts,
+                         format_prompts(tok, prompts), task, tok)
+    summary = s.summary()
+    return {"gold_mean": summary["gold"], "eos_rate": summary["eos_rate"], "response_len": summary["response_len"],
+            "samples": [{"prompt": p, "response": y, "gold": g} for p, y, g in zip(prompts, s.responses, s.gold)]}

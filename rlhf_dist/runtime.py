@@ -1,0 +1,128 @@
+"""Run infrastructure shared by every command, each piece written once: the run folder's logs
+(metrics.jsonl + TensorBoard), atomic file writes, starting or joining Ray, the vLLM CPU
+environment defaults, and small console helpers (a timer, a summary table).
+
+Imports only the standard library at module level (Ray and TensorBoard load when used), so every
+layer above `config` may use it.
+
+Run folder layout (every training command):
+    config.yaml        the resolved config
+    metrics.jsonl      one JSON object per logged step (train/...) and per evaluation (eval/...)
+    tb/                TensorBoard events
+    checkpoints/       DeepSpeed checkpoints every `save_every` steps
+    model/             the final model in Hugging Face format (+ tokenizer)
+    summary.json       the command's headline numbers and wall time
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+# vLLM's CPU backend (docs/stack.md, "vLLM on CPU"): a 1 GiB KV cache (without it the engine reads
+# gpu_memory_utilization as a share of host RAM) and no OpenMP thread pinning, which fights other
+# processes on shared machines and CI. Values already in the environment win.
+VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def vllm_cpu_env() -> dict[str, str]:
+    """The vLLM CPU defaults, overridden by the current environment's own values."""
+    return {key: os.environ.get(key, default) for key, default in VLLM_CPU_ENV.items()}
+
+
+def apply_vllm_cpu_env() -> None:
+    """Set the vLLM CPU defaults in this process where the environment does not set them."""
+    for key, value in VLLM_CPU_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """`obj` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def ensure_ray(address: str = "") -> None:
+    """Connect to the given cluster, or $RAY_ADDRESS, or start Ray in-process on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # address="local": always a fresh in-process instance, even when a `ray start` cluster runs on
+        # this machine (plain ray.init would try to join it and refuse num_cpus).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+class RunLog:
+    """metrics.jsonl + TensorBoard of one run folder, one call per record."""
+
+    def __init__(self, out: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # A run writes its logs afresh: an old run's events would interleave with this one's.
+        shutil.rmtree(out / "tb", ignore_errors=True)
+        self.file = (out / "metrics.jsonl").open("w")
+        self.tb = SummaryWriter(str(out / "tb"))
+
+    def write(self, step: int, record: dict) -> None:
+        self.file.write(json.dumps({"step": step, **record}) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+class Timer:
+    """Wall time of named phases: `with timer("rollout"): ...` adds to `timer.seconds["rollout"]`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def metrics(self, prefix: str = "time/") -> dict[str, float]:
+        """{prefix + name + "_s": seconds}, in the order the phases first ran."""
+        return {f"{prefix}{name}_s": s for name, s in self.seconds.items()}
+
+
+@contextmanager
+def stage(name: str, timings: dict[str, float]):
+    """Print a stage header and its wall time; record the time in `timings`."""
+    print(f"\n== {name}", flush=True)
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    print(f"   done in {timings[name]:.1f} s", flush=True)
+
+
+def print_table(rows: list[tuple[str, str]], title: str) -> None:
+    """A two-column table on the console: key, value."""
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}\n" + "-" * (width + 30))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
