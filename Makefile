@@ -7,9 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Extra pip arguments for the torch install, e.g. an index that serves the CPU wheel:
 #   make test TORCH_PIP_ARGS="--extra-index-url <pytorch cpu wheel index>"
 TORCH_PIP_ARGS ?=
-# Quiet thread placement for vLLM's CPU backend on shared machines (docs/stack.md).
-export VLLM_CPU_OMP_THREADS_BIND ?= nobind
-export VLLM_CPU_KVCACHE_SPACE ?= 1
+# vLLM's CPU defaults (KV cache, thread binding) are set by the code: rlhf_dist/runtime.py.
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install browser demo test test-fast bench clean

@@ -2,7 +2,7 @@
 
 Output convention of every script in this folder: exactly ONE JSON object, on ONE line, is the
 last line written to stdout; everything for humans (progress, tables, library logs) goes to
-stderr. So `python benchmarks/x.py > x.json`, `python benchmarks/x.py | tail -1` and
+stderr. So `python benchmarks/bench_ppo.py > out.json`, `python benchmarks/bench_ppo.py | tail -1` and
 `--json-out FILE` all give the machine-readable result.
 """
 

@@ -71,9 +71,10 @@ def ensure_ray(address: str = "") -> None:
 class RunLog:
     """metrics.jsonl + TensorBoard of one run folder, one call per record."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        out = Path(out)
         # A run writes its logs afresh: an old run's events would interleave with this one's.
         shutil.rmtree(out / "tb", ignore_errors=True)
         self.file = (out / "metrics.jsonl").open("w")
@@ -115,8 +116,10 @@ def stage(name: str, timings: dict[str, float]):
     """Print a stage header and its wall time; record the time in `timings`."""
     print(f"\n== {name}", flush=True)
     start = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - start
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start
     print(f"   done in {timings[name]:.1f} s", flush=True)
 
 

@@ -101,7 +101,7 @@ def test_reward_model_summary_normalisation_and_padding_invariance(pipeline):
             correct += 1.0 if scores[win] > scores[lose] else 0.5 if scores[win] == scores[lose] else 0.0
             close += abs(scores[win] - scores[lose]) < 1e-4  # batched vs single forward may order these either way
             agree += 1.0 if gold[win] > gold[lose] else 0.5 if gold[win] == gold[lose] else 0.0
-    assert summary["eval/accuracy"] == pytest.approx(correct / pairs, abs=(close + 1e-9) / pairs)
+    assert summary["eval/accuracy"] == pytest.approx(correct / pairs, abs=close / pairs + 1e-6)  # fp32 sums
     assert summary["labeler_ceiling"] == pytest.approx(agree / pairs, abs=1e-12) and agree / pairs > 0.5
     # Normalised (InstructGPT 3.5): after the saved bias, the held-out responses score 0 on average.
     assert abs(sum(rewards) / len(rewards)) < 1e-4, sum(rewards) / len(rewards)

@@ -166,7 +166,7 @@ def test_gathered_named_tensors_streams_zero3_shards(zero3_model_dir):
 
 @pytest.fixture(scope="module")
 def model_dirs(tiny_model_dir, tmp_path_factory):
-    """A = the session's tiny model; B = the same architecture and tokenizer, another random init."""
+    """A = the shared tiny model; B = the same architecture and tokenizer, another random init."""
     from rlhf_dist.models import TINY_SIZES, build_tiny_causal_lm, load_tokenizer
     from rlhf_dist.models.loading import quiet_transformers
 

@@ -72,10 +72,12 @@ def split_eval(items: list, fraction: float, seed: int) -> tuple[list, list]:
 class PromptSampler:
     """Which prompts (indices into the prompt set) each PPO iteration samples.
 
-    Seeded passes over the set: pass p is a permutation drawn from (seed, p); iteration i takes
-    the next `per_iteration` prompts of its pass, wrapping within the pass when the set is not a
-    multiple of `per_iteration` long. A pure function of (seed, iteration): `state_dict` holds
-    the next iteration only, so a restored sampler continues the same sequence.
+    Seeded passes over the set: pass p is a permutation drawn from (seed, p) and lasts
+    n // per_iteration iterations, each taking the next `per_iteration` prompts of it (the last
+    n % per_iteration prompts of a pass are left out, a different set each pass); when
+    per_iteration > n, a pass is one iteration that wraps around the permutation. A pure
+    function of (seed, iteration): `state_dict` holds the next iteration only, so a restored
+    sampler continues the same sequence.
     """
 
     def __init__(self, n_prompts: int, per_iteration: int, seed: int) -> None:
@@ -109,6 +111,8 @@ class PtxSampler:
     `per_batch` at a time, a fresh permutation from (seed, pass) each time a pass runs out."""
 
     def __init__(self, n_items: int, per_batch: int, seed: int) -> None:
+        if n_items < 1 or per_batch < 1:
+            raise ValueError(f"PtxSampler needs items and per_batch >= 1, got {n_items}, {per_batch}")
         self.n, self.per_batch, self.seed = n_items, per_batch, seed
         self.order: list[int] = []
         self.epoch = 0

@@ -16,7 +16,6 @@ Writes overopt.json and overopt.png in `out`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rlhf_dist.config import load_config, parse_cli

@@ -22,6 +22,7 @@ from rlhf_dist.config.ppo import PPOConfig
 
 
 def train_ppo(cfg: PPOConfig) -> dict:
+    """Train the policy (and critic) of `cfg` with PPO; returns the run's summary (also summary.json)."""
     from tqdm import tqdm
 
     from rlhf_dist.actors.ppo_actors import PPOActors
@@ -40,16 +41,16 @@ def train_ppo(cfg: PPOConfig) -> dict:
     task, p = load_task(cfg.task), cfg.ppo
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    actors = PPOActors(cfg, data)
-    prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
-    ptx = PtxSampler(len(data.ptx), actors.ptx_per_minibatch, cfg.seed) if actors.ptx_per_minibatch else None
-    kl_ctl = make_kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
-    score_stats = RunningMoments()  # for score_norm=running (Secrets of RLHF I, PPO-max)
     log, writer = RunLog(out), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
-    evals = {"sft": evaluate(actors, task, cfg, out, log, 0, "sft")} if cfg.eval_prompts else {}
-    bar = tqdm(total=cfg.iterations, desc="   ppo", unit="it", dynamic_ncols=True, mininterval=1.0)
-    pending = actors.sample(prompts.next(), iteration=0)
+    actors = PPOActors(cfg, data)
     try:
+        prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
+        ptx = PtxSampler(len(data.ptx), actors.ptx_per_minibatch, cfg.seed) if actors.ptx_per_minibatch else None
+        kl_ctl = make_kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
+        score_stats = RunningMoments()  # for score_norm=running (Secrets of RLHF I, PPO-max)
+        evals = {"sft": evaluate(actors, task, cfg, out, log, 0, "sft")} if cfg.eval_prompts else {}
+        bar = tqdm(total=cfg.iterations, desc="   ppo", unit="it", dynamic_ncols=True, mininterval=1.0)
+        pending = actors.sample(prompts.next(), iteration=0)
         for it in range(cfg.iterations):  # the learner's weights are version `it`
             timer, t0 = Timer(), time.perf_counter()
             with timer("rollout"):  # 1. the rollout workers' samples (Arrow rows, each with its weight version)

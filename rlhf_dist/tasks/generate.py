@@ -27,15 +27,14 @@ import random
 import re
 import shutil
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from . import base
-from .labeler import DEFAULT_TEMPERATURE, Labeler, agreement_with_gold
+from .labeler import Labeler, agreement_with_gold
 from .probe import BagOfWordsRM, ranking_pairs
+from ..config import ConfigError
 from ..config.pipeline import TaskDataConfig as Config
 
 

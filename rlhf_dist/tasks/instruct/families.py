@@ -9,6 +9,9 @@ Each family knows, for its own specs (the parameters of one instruction):
   right(spec, rng) -> str      a correct answer in one of the demonstrator's good styles;
   wrong(spec, rng) -> str      an answer with one or two realistic mistakes;
   truncated(spec) -> str       the answer stopped half-way (used by the exploit response).
+
+One file of ~500 lines on purpose: five classes with the same eight methods (~80 lines each), so
+the whole instruction language reads in one place and a new family copies a neighbour.
 """
 
 from __future__ import annotations
