@@ -1,7 +1,7 @@
 """Training throughput of the learner group (pretrain/SFT/RM stages) on the built-in task's
 pretraining texts: micro-batch size x whether each rank sorts its shard by length before cutting
 micro-batches (what `LearnerGroup._split` does; the gradient is the same either way, since every
-loss is normalised by the global token count: tests/test_learner_group.py checks it).
+loss is normalised by the global token count: tests/test_actors_learner_group.py checks it).
 
 The task's texts are 5-64 tokens; a micro-batch pads every row to its longest, so unsorted
 micro-batches of 32 are about half padding. Each candidate is a real LearnerGroup (Ray actor,

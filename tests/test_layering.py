@@ -113,6 +113,7 @@ ALLOWED = {
     "rlhf_dist.tasks.instruct": set(),
     "rlhf_dist.tasks.labeler": set(),
     "rlhf_dist.tasks.generate": set(),
+    "rlhf_dist.algo": {"torch"},
     "rlhf_dist.models": {"torch", "transformers"},
     "rlhf_dist.data": {"torch"},
     "rlhf_dist.buffer": {"torch", "pyarrow"},

@@ -5,7 +5,7 @@ PPO all train through it.
 The driver hands the group a global batch of tokenised items; the group splits it into equal
 contiguous shards (one per rank) and each shard into micro-batches; every rank normalises its
 loss by the global unit count, so the update equals the full-batch mean gradient whatever the
-number of ranks (tests/test_learner_group.py checks 1 rank against 2 under ZeRO-2 and ZeRO-3).
+number of ranks (tests/test_actors_learner_group.py checks 1 rank against 2 under ZeRO-2 and ZeRO-3).
 Ranks sit in a placement group: CPUs per rank here, one GPU per rank on GPU clusters.
 """
 

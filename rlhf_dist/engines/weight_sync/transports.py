@@ -141,7 +141,7 @@ class BroadcastWeightSync:
     old sender then fails with "connection closed"); change `bucket_bytes` on the instance
     instead of creating a second one.
 
-    backend="gloo" (CPU) is tested (tests/test_weight_sync.py). backend="nccl" is UNTESTED: it
+    backend="gloo" (CPU) is tested (tests/test_engines_weight_sync.py). backend="nccl" is UNTESTED: it
     needs a GPU; the learner's CUDA device must be set (torch.cuda.set_device) before creating this.
     """
 

