@@ -23,7 +23,9 @@ def set_vllm_cpu_env(**extra: str) -> None:
     """vLLM CPU settings for a shared machine (docs/stack.md), logs to stderr so stdout stays JSON,
     no hub access; `extra` adds script-specific variables. Call before vLLM is imported. Values
     already in the environment win."""
-    for key, value in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    from rlhf_dist.runtime import VLLM_CPU_ENV
+
+    for key, value in {**VLLM_CPU_ENV,
                        "VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "WARNING",
                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **extra}.items():
         os.environ.setdefault(key, value)

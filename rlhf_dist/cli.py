@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from rlhf_dist import __version__
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         + "\n  version      print the version\n\n`rlhf-dist COMMAND --help` for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also RLHF_DIST_DEBUG=1)")
     parser.add_argument("command", choices=[*COMMANDS, "version"], metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    debug = "--debug" in argv[:1]
+    argv = argv[1:] if debug else argv
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
@@ -60,22 +64,50 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     from rlhf_dist.config import ConfigError
-
     from rlhf_dist.data import DataError
     from rlhf_dist.tasks.base import TaskSpecError
 
+    debug = debug or bool(os.environ.get("RLHF_DIST_DEBUG"))
+    # SIGTERM (a scheduler's preemption, `kill`) ends the run like Ctrl-C: the finally blocks stop
+    # the actors and close the logs.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     module_name, function = COMMANDS[ns.command][0].split(":")
     entry = getattr(importlib.import_module(module_name), function)
     try:
         return int(entry(argv[1:]) or 0)
-    except (ConfigError, DataError, TaskSpecError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("RLHF_DIST_DEBUG"):
+    except (ConfigError, DataError, TaskSpecError, ValueError, OSError) as e:
+        if debug:
             raise
-        print(f"rlhf-dist {ns.command}: error: {e} (RLHF_DIST_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"rlhf-dist {ns.command}: error: {_one_line(e)} (--debug or RLHF_DIST_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rlhf-dist {ns.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _stop_local_ray()
+
+
+def _one_line(e: Exception) -> str:
+    """The error as one line; an OS error as 'path: reason' (a run folder under a file, no permission, ...)."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        from pathlib import Path
+
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and Path(e.filename).is_file():
+            return f"{e.filename}: is a file, not a folder"
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split())
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_local_ray() -> None:
+    """Shut down Ray if this process started or joined it (the actors go with a local instance)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

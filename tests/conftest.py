@@ -8,11 +8,12 @@ import os
 
 import pytest
 
-# vLLM's CPU backend: a small KV cache and no thread pinning on shared machines (docs/stack.md).
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+from rlhf_dist.runtime import apply_vllm_cpu_env
+
+apply_vllm_cpu_env()  # vLLM's CPU backend defaults (rlhf_dist/runtime.py), for engines started by tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

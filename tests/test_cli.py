@@ -37,3 +37,19 @@ def test_build_model_missing_corpus_names_the_file(tmp_path):
     res = run("build-model", "--out", str(tmp_path / "m"), f"data={tmp_path / 'nodata'}")
     assert res.returncode == 2 and "pretrain.jsonl" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_out_folder_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run("task-data", "--out", str(blocker / "data"), "n_pretrain=10")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines == [f"rlhf-dist task-data: error: {blocker}: is a file, not a folder "
+                     "(--debug or RLHF_DIST_DEBUG=1 shows the traceback)"], res.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    res = run("--debug", "build-model", "--out", str(tmp_path / "m"), f"data={tmp_path / 'nodata'}")
+    assert res.returncode != 0 and "Traceback" in res.stderr and "pretrain.jsonl" in res.stderr

@@ -348,8 +348,10 @@ def test_push_through_ray_object_store_and_gloo_broadcast_into_actor(model_dirs,
 
     dir_a, dir_b = model_dirs
     res, hf, short, _, _ = synced
+    from rlhf_dist.runtime import vllm_cpu_env
+
     env = {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **vllm_cpu_env(),
         "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
     }
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_weight_sync")

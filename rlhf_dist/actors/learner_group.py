@@ -21,9 +21,15 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.data.sampling import shard
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 from rlhf_dist.engines.deepspeed_engine import grad_accum_steps
+
+
+# Resources that exist (checked first: rlhf_dist/actors/resources.py) are placed in seconds; a
+# placement group still waiting after this long lacks something the check cannot see (memory).
+PLACEMENT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,7 @@ class LearnerGroup:
         if cfg.gpus_per_rank:
             bundle["GPU"] = cfg.gpus_per_rank
         self.pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy="PACK")
-        ray.get(self.pg.ready(), timeout=300)
+        wait_placed(self.pg.ready(), "learner group", PLACEMENT_TIMEOUT_S, f"{cfg.num_ranks} x {bundle}")
         actor = ray.remote(worker_cls)
         return [
             actor.options(

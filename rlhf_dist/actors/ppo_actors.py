@@ -12,6 +12,7 @@ import numpy as np
 
 from rlhf_dist.actors.learner_group import ModelSpec
 from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
+from rlhf_dist.actors.resources import Role, check_resources
 from rlhf_dist.actors.rollout import RolloutGroup
 from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
 from rlhf_dist.buffer import add_columns
@@ -21,12 +22,24 @@ from rlhf_dist.engines.ppo import PPOLossConfig
 from rlhf_dist.runtime import ensure_ray
 
 
+def ppo_roles(cfg: PPOConfig) -> list[Role]:
+    """The Ray resources every role of a PPO run asks for."""
+    r, lr = cfg.rollout, cfg.learner
+    # With tensor parallelism vLLM starts its own GPU workers; the actor itself holds none.
+    rollout_gpus = r.gpus_per_worker if r.tensor_parallel_size == 1 else float(r.tensor_parallel_size)
+    return [Role("rollout worker", r.num_workers, r.cpus_per_worker, rollout_gpus),
+            Role("reward actor", cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor),
+            Role("reference actor", cfg.reference.num_actors, cfg.reference.cpus_per_actor, cfg.reference.gpus_per_actor),
+            Role("learner rank", lr.num_ranks, lr.cpus_per_rank, lr.gpus_per_rank)]
+
+
 class PPOActors:
     """The actors of one PPO run (all started in `__init__`; `shutdown` stops them)."""
 
     def __init__(self, cfg: PPOConfig, data: PPOData) -> None:
         self.cfg, self.data = cfg, data
         ensure_ray(cfg.ray_address)
+        check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
         r, p = cfg.rollout, cfg.ppo
         rows = cfg.prompts_per_iteration * r.samples_per_prompt
         self.minibatches_per_epoch = rows // p.minibatch_size

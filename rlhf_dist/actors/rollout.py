@@ -13,9 +13,12 @@ from collections.abc import Sequence
 
 import ray
 
+from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
-from rlhf_dist.runtime import vllm_cpu_env
 from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
+from rlhf_dist.runtime import vllm_cpu_env
+
+ENGINE_START_TIMEOUT_S = 900.0
 
 
 class RolloutWorker(WeightSyncActorMixin):
@@ -86,7 +89,9 @@ class RolloutGroup:
                 model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size, gpu_memory_utilization)
             for w in range(num_workers)
         ]
-        ray.get([w.weight_version.remote() for w in self.workers])  # wait until every engine is up
+        # Wait until every engine is up (a vLLM start takes ~20 s on CPU, minutes for a large model on GPU).
+        wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S,
+                    f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU")
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
                  max_new_tokens: int, temperature: float, seed: int):

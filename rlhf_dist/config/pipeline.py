@@ -100,9 +100,3 @@ class QuickstartConfig:
     overopt_iterations: int = param(60, "iterations of its PPO runs", ge=1)
     overopt_eval_every: int = param(10, "iterations between the held-out evaluations of its PPO runs", ge=1)
     bon_n: list[int] = param([1, 2, 4, 8, 16], "best-of-n values", ge=1)
-
-    def __post_init__(self) -> None:
-        from pathlib import Path
-
-        if self.base and not (Path(self.base) / "config.json").is_file():
-            raise ValueError(f"base={self.base}: not a model folder (no config.json)")

@@ -10,6 +10,10 @@ from rlhf_dist.data.encode import format_prompts, prompt_text, tokenize_demonstr
 from rlhf_dist.data.readers import load_lm_data, load_prompts
 
 
+class NonFiniteScoreError(ValueError):
+    """A reward that is NaN or infinite; the message names the prompt and the sample."""
+
+
 @dataclass
 class PPOData:
     sft: str  # the policy's start and the frozen reference
@@ -23,6 +27,20 @@ class PPOData:
     ptx: list  # tokenised ptx sequences (empty without ptx)
     tokenizer: object  # the SFT model's (the RM shares it)
 
+    def check_finite_scores(self, table, source: str) -> None:
+        """Raise NonFiniteScoreError naming the first row whose `score` is NaN or infinite (its
+        prompt and sample): a non-finite reward would turn every loss and gradient into NaN."""
+        import numpy as np
+
+        score = np.asarray(table.column("score").to_numpy(zero_copy_only=False), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(score))
+        if bad.size:
+            i = int(bad[0])
+            pid, sample = table.column("prompt_id")[i].as_py(), table.column("sample_index")[i].as_py()
+            raise NonFiniteScoreError(
+                f"reward_source={source}: score {score[i]} for prompt {pid} ({prompt_text(self.prompts[pid])[:60]!r}), "
+                f"sample {sample}; {bad.size} of {len(score)} rows of this batch are not finite")
+
     def gold_scores(self, task, table) -> list[float]:
         """The task's hidden gold score of each rollout row of `table` (its prompt_id indexes `prompts`)."""
         texts = self.tokenizer.batch_decode(table.column("response_ids").to_pylist(), skip_special_tokens=True)
@@ -33,12 +51,12 @@ class PPOData:
 def load_ppo_data(cfg) -> PPOData:
     """Read and check the data of a `PPOConfig` run; raise with the key at fault (file, folder or
     tokenizer)."""
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.models import check_model_dir, load_tokenizer
 
     sft, reward_model = cfg.sft, cfg.reward_model
     for key, path in (("sft", sft), ("reward_model", reward_model), ("critic", cfg.critic)):
-        if path and not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(f"{key}={path}: not a model folder (no config.json); models load from local paths only")
+        if path:
+            check_model_dir(path, key)
     files = {key: getattr(cfg, key) or (str(Path(cfg.data) / name) if cfg.data else "")
              for key, name in (("prompts_file", "rl_prompts.jsonl"), ("eval_prompts_file", "eval_prompts.jsonl"),
                                ("ptx_file", "pretrain.jsonl"))}
@@ -51,11 +69,15 @@ def load_ppo_data(cfg) -> PPOData:
 
     def prompts_and_ids(path: str, limit: int | None):
         prompts = load_prompts(path)[:limit]
+        total = len(prompts)
         if cfg.truncation == "skip":  # drop here, so prompt objects stay aligned with their ids
             prompts = [p for p, ids in zip(prompts, format_prompts(tok, prompts)) if len(ids) <= cfg.max_prompt_len]
-        ids, _ = tokenize_prompts(prompts, tok, cfg.max_prompt_len, cfg.truncation)
+        ids, stats = tokenize_prompts(prompts, tok, cfg.max_prompt_len, cfg.truncation)
         if not ids:
             raise ValueError(f"{path}: no prompt fits max_prompt_len={cfg.max_prompt_len}")
+        print(f"   {path}: kept {len(ids)}/{total} prompts, truncated {stats.get('prompt_truncated', 0)} "
+              f"(truncation={cfg.truncation}, max_prompt_len={cfg.max_prompt_len}), longest {max(map(len, ids))} tokens",
+              flush=True)
         return prompts, ids
 
     prompts, prompt_ids = prompts_and_ids(files["prompts_file"], None)

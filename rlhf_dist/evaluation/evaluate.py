@@ -117,12 +117,6 @@ def _file(cfg: EvalConfig, key: str, name: str) -> Path | None:
     return Path(value) if value else Path(cfg.data) / name if cfg.data else None
 
 
-def _check_model_dir(key: str, path: str) -> None:
-    p = Path(path)
-    if not (p / "config.json").is_file() or not (p / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{key}={path}: not a model folder (needs config.json and tokenizer.json)")
-
-
 def _same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab() and (a.bos_token_id, a.eos_token_id, a.pad_token_id) == (
         b.bos_token_id, b.eos_token_id, b.pad_token_id)
@@ -135,13 +129,13 @@ def resolve_inputs(cfg: EvalConfig) -> EvalInputs:
     and the RM scores the policy's token ids (as in PPO), so they must share a vocabulary.
     """
     from rlhf_dist.data import format_prompts, load_comparisons, load_prompts, load_texts, tokenize_comparisons, tokenize_texts
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.models import check_model_dir, load_tokenizer
     from rlhf_dist.tasks.base import load_task
 
     for name, path in cfg.models.items():
-        _check_model_dir(f"models.{name}", path)
+        check_model_dir(path, f"models.{name}")
     if cfg.reward_model:
-        _check_model_dir("reward_model", cfg.reward_model)
+        check_model_dir(cfg.reward_model, "reward_model")
     task = load_task(cfg.task)
     tok = load_tokenizer(cfg.models[cfg.baseline])
     for key, path in [(f"models.{n}", p) for n, p in cfg.models.items()] + [("reward_model", cfg.reward_model)]:

@@ -6,7 +6,7 @@ folder loads in transformers, vLLM and DeepSpeed.
 
 from rlhf_dist.models.batching import PaddedBatch, pad_prompt_response, position_ids_from_mask
 from rlhf_dist.models.forward import response_logprobs
-from rlhf_dist.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+from rlhf_dist.models.loading import check_model_dir, load_causal_lm, load_scalar_model, load_tokenizer
 from rlhf_dist.models.scalar import ScalarHeadModel, init_scalar_from_causal_lm
 from rlhf_dist.models.tiny import TINY_SIZES, TinyModelSpec, build_tiny_causal_lm, save_tiny_model
 from rlhf_dist.models.tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
@@ -18,6 +18,7 @@ __all__ = [
     "ScalarHeadModel",
     "TinyModelSpec",
     "build_tiny_causal_lm",
+    "check_model_dir",
     "init_scalar_from_causal_lm",
     "load_causal_lm",
     "load_scalar_model",

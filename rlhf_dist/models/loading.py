@@ -26,6 +26,64 @@ def _local_dir(path) -> Path:
     return p
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(path, key: str) -> None:
+    """Raise FileNotFoundError/ValueError naming `key=path` and what is wrong, before a model is
+    loaded anywhere (a Ray actor's traceback would bury it): a folder with config.json, a tokenizer,
+    and weights that are complete (a safetensors file's header must fit the file's size)."""
+    import json
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{key}={path}: no such model folder (models load from local paths only)")
+    missing = [name for name, ok in (("config.json", (p / "config.json").is_file()),
+                                    ("a tokenizer (tokenizer.json)", any((p / f).is_file() for f in TOKENIZER_FILES)),
+                                    ("weights (model.safetensors)", any((p / f).is_file() for f in WEIGHT_FILES)))
+               if not ok]
+    if missing:
+        raise FileNotFoundError(f"{key}={path}: not a complete model folder, missing {', '.join(missing)}")
+    try:
+        json.loads((p / "config.json").read_text())
+    except ValueError:
+        raise ValueError(f"{key}={path}: config.json is not valid JSON") from None
+    shards = [p / "model.safetensors"] if (p / "model.safetensors").is_file() else []
+    if not shards and (p / "model.safetensors.index.json").is_file():
+        index = json.loads((p / "model.safetensors.index.json").read_text())
+        shards = [p / name for name in sorted(set(index.get("weight_map", {}).values()))]
+    for shard in shards:
+        problem = _safetensors_problem(shard)
+        if problem:
+            raise ValueError(f"{key}={path}: {shard.name} {problem}")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be complete (header: 8-byte length + JSON with byte offsets), or None."""
+    import json
+    import struct
+
+    if not file.is_file():
+        return "is missing"
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"is truncated ({size} bytes)"
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            return f"is truncated or corrupt (its header alone claims {n} bytes, the file has {size})"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return "is corrupt (its header is not JSON)"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"is truncated ({size} bytes, its tensors need {8 + n + end})"
+    return None
+
+
 def load_tokenizer(path):
     """The tokenizer saved in `path` (PAD must exist and differ from EOS)."""
     from transformers import AutoTokenizer

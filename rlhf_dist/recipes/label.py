@@ -51,9 +51,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def label(cfg: LabelConfig) -> dict:
     from rlhf_dist.data import load_prompts
+    from rlhf_dist.models import check_model_dir
     from rlhf_dist.tasks.base import load_task
     from rlhf_dist.tasks.labeler import Labeler
 
+    check_model_dir(cfg.policy, "policy")
     task = load_task(cfg.task)
     labeler = Labeler.for_task(task, cfg.labeler_temperature)
     train_prompts = load_prompts(Path(cfg.data) / "rl_prompts.jsonl")[: cfg.prompts]

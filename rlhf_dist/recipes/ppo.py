@@ -39,11 +39,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
     cfg = find_or_build_models(cfg)  # sft=, reward_model= and data= filled in
     data = load_ppo_data(cfg)
     task, p = load_task(cfg.task), cfg.ppo
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    log, writer = RunLog(out), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
-    actors = PPOActors(cfg, data)
+    actors = PPOActors(cfg, data)  # checks the cluster's resources before any actor starts
+    log = None
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        log, writer = RunLog(out), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
         prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
         ptx = PtxSampler(len(data.ptx), actors.ptx_per_minibatch, cfg.seed) if actors.ptx_per_minibatch else None
         kl_ctl = make_kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
@@ -61,6 +62,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             with timer("score"):  # 2. RM score || reference log-probs; the hidden gold score is monitoring,
                 gold = data.gold_scores(task, table)  # or the score itself with reward_source=gold (no RM runs)
                 table = actors.score(table, gold if cfg.reward_source == "gold" else None)
+                data.check_finite_scores(table, cfg.reward_source)
             with timer("learner"):
                 # 3. the learner's log-probs and values before the update ("old"; the gap to vLLM is logged)
                 old_logprobs, values, entropy = actors.learner.forward_old(table)
@@ -112,7 +114,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
         actors.learner.save(out / "model", out / "critic", data.sft)
     finally:
         actors.shutdown()
-        log.close()
+        if log is not None:
+            log.close()
     summary = {"iterations": cfg.iterations, "wall_time_s": time.perf_counter() - start, "eval": evals,
                "model": str(out / "model"), "critic": str(out / "critic"), "sft": data.sft,
                "reward_model": data.reward_model, "config": config_to_dict(cfg)}

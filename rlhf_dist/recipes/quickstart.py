@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
     from rlhf_dist.evaluation.evaluate import evaluate_models
     from rlhf_dist.evaluation.metrics import seen_alone
     from rlhf_dist.evaluation.report import write_report
+    from rlhf_dist.models import check_model_dir
     from rlhf_dist.recipes.label import label
     from rlhf_dist.recipes.overopt import run_overopt
     from rlhf_dist.recipes.ppo import train_ppo
@@ -49,7 +50,9 @@ def main(argv: list[str]) -> int:
     cfg = parse_cli(QuickstartConfig, argv, "rlhf-dist quickstart", __doc__)
     out, start = Path(cfg.out), time.perf_counter()
     data = out / "data"
-    load_task(cfg.task)  # a bad task spec fails here, before anything is written
+    load_task(cfg.task)  # a bad task spec or base folder fails here, before anything is written
+    if cfg.base:
+        check_model_dir(cfg.base, "base")
     # The PPO runs: configs/tiny.yaml (ppo_config) with the quickstart's settings, the user's
     # ppo_overrides on top; checked here, before anything is written.
     ppo_settings = {"data": str(data), "task": cfg.task, "seed": cfg.seed, "iterations": cfg.ppo_iterations,

@@ -43,7 +43,7 @@ def _write_summary(out: str, summary: dict) -> None:
 
 def pretrain(cfg: PretrainConfig) -> dict:
     from rlhf_dist.data import load_texts, split_eval, tokenize_texts
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.models import check_model_dir, load_tokenizer
 
     train_file, eval_file = _files(cfg, "pretrain.jsonl", "pretrain_heldout.jsonl")
     if not cfg.init:
@@ -53,6 +53,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         cfg.init = str(build_model(BuildModelConfig(out=str(Path(cfg.out) / "init"), data=str(train_file.parent),
                                                      size=cfg.size, vocab_size=cfg.vocab_size, seed=cfg.seed)))
         print(f"   random-init {cfg.size} model and tokenizer: {cfg.init}")
+    check_model_dir(cfg.init, "init")
     tok = load_tokenizer(cfg.init)
     train, stats = tokenize_texts(load_texts(train_file), tok, cfg.max_len)
     print(f"   {len(train)} training sequences from {stats['texts']} texts ({stats['tokens']} tokens)")
@@ -68,11 +69,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
 def sft(cfg: SFTConfig) -> dict:
     from rlhf_dist.data import load_prompts, load_sft, split_eval, tokenize_sft
     from rlhf_dist.evaluation.sample_and_score import gold_of_samples
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.models import check_model_dir, load_tokenizer
     from rlhf_dist.tasks.base import load_task
 
     if not cfg.init:
         raise ValueError("init=: the model to fine-tune (e.g. runs/base/model from `rlhf-dist pretrain`)")
+    check_model_dir(cfg.init, "init")
     task = load_task(cfg.task) if cfg.gold_prompts else None
     train_file, eval_file = _files(cfg, "sft.jsonl", None)
     tok = load_tokenizer(cfg.init)
@@ -112,11 +114,12 @@ def _rm_summary(sums: dict) -> dict:
 def rm(cfg: RMConfig) -> dict:
     from rlhf_dist.data import load_comparisons, split_eval, tokenize_comparisons
     from rlhf_dist.evaluation.metrics import labeler_ceiling
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.models import check_model_dir, load_tokenizer
     from rlhf_dist.tasks.base import load_task
 
     if not cfg.init:
         raise ValueError("init=: the model the reward model starts from (e.g. runs/sft/model)")
+    check_model_dir(cfg.init, "init")
     task = load_task(cfg.task)
     train_file, eval_file = _files(cfg, "comparisons.jsonl", "comparisons_heldout.jsonl")
     tok = load_tokenizer(cfg.init)

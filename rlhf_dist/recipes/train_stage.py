@@ -23,14 +23,18 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
     from rlhf_dist.actors.learner_group import LearnerGroup, ModelSpec
     from rlhf_dist.data import minibatches
 
+    from rlhf_dist.actors.resources import Role, check_resources
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     steps_per_epoch = len(train_items) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_items)} training items is less than one batch of {cfg.batch_size}")
     total_steps = max(1, math.floor(cfg.epochs * steps_per_epoch))
     ensure_ray(cfg.ray_address)
+    lr = cfg.learner
+    check_resources([Role("learner rank", lr.num_ranks, lr.cpus_per_rank, lr.gpus_per_rank)])  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
     group = LearnerGroup(ModelSpec(cfg.init, model_kind, cfg.seed), cfg.learner, cfg.optim, cfg.batch_size, total_steps, pad_id)
     print(f"   {cfg.learner.num_ranks} learner rank(s), ZeRO-{cfg.learner.zero_stage}, {group.info[0]['params']:,} parameters on rank 0, "
