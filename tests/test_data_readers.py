@@ -223,3 +223,21 @@ def test_parquet_errors_name_the_column(tmp_path):
     pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "d.parquet")
     with pytest.raises(DataError, match="d.parquet: no records"):
         load_texts(tmp_path / "d.parquet")
+
+
+@pytest.mark.parametrize("loader, line, message", [
+    ("load_prompts", '{"prompt": "   "}', "field 'prompt': empty prompt"),
+    ("load_sft", '{"prompt": "", "response": "ok"}', "field 'prompt': empty prompt"),
+    ("load_sft", '{"prompt": "sort 2 1.", "response": " "}', "field 'response': empty response"),
+    ("load_comparisons", '{"prompt": "", "chosen": "a", "rejected": "b"}', "field 'prompt': empty prompt"),
+])
+def test_empty_prompts_and_demonstrations_are_refused_naming_the_line(loader, line, message, tmp_path):
+    import rlhf_dist.data as data
+
+    path = tmp_path / "d.jsonl"
+    good = {"load_prompts": '{"prompt": "a"}', "load_sft": '{"prompt": "a", "response": "b"}',
+            "load_comparisons": '{"prompt": "a", "chosen": "b", "rejected": "c"}'}[loader]
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(data.DataError) as e:
+        getattr(data, loader)(path)
+    assert str(e.value) == f"{path}:2: {message}"

@@ -220,7 +220,7 @@ def _sft_example(row: dict, loc: _Loc) -> SFTExample:
         if len(messages) < 2:
             raise DataError(f"{loc.field('messages')}: no prompt message before the assistant's response")
         return SFTExample(prompt=messages[:-1], response=messages[-1]["content"])
-    return SFTExample(prompt=_string(row, loc, "prompt"), response=_string(row, loc, "response"))
+    return SFTExample(prompt=_nonempty(row, loc, "prompt"), response=_nonempty(row, loc, "response"))
 
 
 def load_comparisons(path: str | Path) -> list[Comparison]:
@@ -293,7 +293,16 @@ def _prompt(row: dict, loc: _Loc) -> Prompt:
         if messages[-1]["role"] == "assistant":
             raise DataError(f"{loc.field('messages')}: a prompt must not end with an assistant message")
         return messages
-    return _string(row, loc, "prompt")
+    return _nonempty(row, loc, "prompt")
+
+
+def _nonempty(row: dict, loc: _Loc, name: str) -> str:
+    """A string field that must hold text: an empty prompt or demonstration would train or score
+    nothing but the template, silently."""
+    value = _string(row, loc, name)
+    if not value.strip():
+        raise DataError(f"{loc.field(name)}: empty {name}")
+    return value
 
 
 def _describe_list(value: Any) -> str:
