@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 from rlhf_dist import __version__
@@ -65,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlhf_dist.config import ConfigError
     from rlhf_dist.data import DataError
+    from rlhf_dist.runtime import stop_on_sigterm
     from rlhf_dist.tasks.base import TaskSpecError
 
     debug = debug or bool(os.environ.get("RLHF_DIST_DEBUG"))
-    # SIGTERM (a scheduler's preemption, `kill`) ends the run like Ctrl-C: the finally blocks stop
-    # the actors and close the logs.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stop_on_sigterm()
     module_name, function = COMMANDS[ns.command][0].split(":")
     entry = getattr(importlib.import_module(module_name), function)
     try:
@@ -97,10 +95,6 @@ def _one_line(e: Exception) -> str:
             return f"{e.filename}: is a file, not a folder"
         return f"{e.filename}: {e.strerror}"
     return " ".join(str(e).split())
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _stop_local_ray() -> None:

@@ -53,6 +53,20 @@ def write_json(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (a scheduler's preemption, `kill`) end the run like Ctrl-C: KeyboardInterrupt
+    in the main thread, so `finally` blocks stop the actors and close the logs. `ray.init`
+    installs its own handler (it exits with status 15), so `ensure_ray` calls this again after it."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def ensure_ray(address: str = "") -> None:
     """Connect to the given cluster, or $RAY_ADDRESS, or start Ray in-process on this machine."""
     import ray
@@ -66,6 +80,7 @@ def ensure_ray(address: str = "") -> None:
         # address="local": always a fresh in-process instance, even when a `ray start` cluster runs on
         # this machine (plain ray.init would try to join it and refuse num_cpus).
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    stop_on_sigterm()
 
 
 class RunLog:
