@@ -83,17 +83,88 @@ def ensure_ray(address: str = "") -> None:
     stop_on_sigterm()
 
 
-class RunLog:
-    """metrics.jsonl + TensorBoard of one run folder, one call per record."""
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message is one line naming it and the way out."""
 
-    def __init__(self, out: str | Path) -> None:
+
+def prepare_run_folder(out: str | Path, resume: str, overwrite: bool, artifacts: tuple[str, ...]) -> bool:
+    """Decide, before anything is written, what to do with `out`; True when a run there continues.
+
+    A folder holding a run (any of `artifacts`, the files and folders a run writes) is refused
+    unless `resume="auto"` (continue it) or `overwrite` (start over: those artifacts are removed,
+    nothing else in the folder is touched)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"out={out}: is a file, not a folder")
+    held = [name for name in artifacts if (out / name).exists()]
+    if not held:
+        return False
+    if overwrite:
+        for name in held:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return False
+    if resume == "auto":
+        return True
+    raise RunFolderError(f"out={out} already holds a run ({held[0]}): give resume=auto to continue it "
+                         "or overwrite=true to start over")
+
+
+CHECKPOINT_STATE = "state.json"  # written last: a checkpoint without it is incomplete
+
+
+def latest_checkpoint(root: str | Path) -> tuple[Path, dict] | None:
+    """(folder, state) of the newest complete checkpoint under `root` (folders named so that they
+    sort by step, each with a readable state.json); incomplete or corrupt ones are skipped with a line."""
+    root = Path(root)
+    for folder in sorted((p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")), reverse=True):
+        try:
+            return folder, json.loads((folder / CHECKPOINT_STATE).read_text())
+        except (OSError, ValueError) as e:
+            print(f"   skipping checkpoint {folder}: incomplete or corrupt ({type(e).__name__})", flush=True)
+    return None
+
+
+@contextmanager
+def new_checkpoint(root: str | Path, name: str, state: dict, keep: int):
+    """Write a checkpoint atomically: the caller fills the yielded temporary folder, then `state`
+    goes in last and the folder is renamed to `root/name`; only the newest `keep` are kept."""
+    root = Path(root)
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    write_json(tmp / CHECKPOINT_STATE, state)
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    complete = sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith("."))
+    for old in complete[: max(0, len(complete) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class RunLog:
+    """metrics.jsonl + TensorBoard of one run folder, one call per record.
+
+    `resume_step`: the run continues from a checkpoint taken at that step: the records after it
+    (written before the run stopped) are dropped from both logs, so no row is duplicated or missing."""
+
+    def __init__(self, out: str | Path, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         out = Path(out)
-        # A run writes its logs afresh: an old run's events would interleave with this one's.
-        shutil.rmtree(out / "tb", ignore_errors=True)
-        self.file = (out / "metrics.jsonl").open("w")
-        self.tb = SummaryWriter(str(out / "tb"))
+        if resume_step is None:
+            # A new run writes its logs afresh: an old run's events would interleave with this one's.
+            shutil.rmtree(out / "tb", ignore_errors=True)
+            self.file = (out / "metrics.jsonl").open("w")
+            self.tb = SummaryWriter(str(out / "tb"))
+            return
+        path = out / "metrics.jsonl"
+        kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
+                if line.strip() and json.loads(line)["step"] <= resume_step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+        self.file = path.open("a")
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1)
 
     def write(self, step: int, record: dict) -> None:
         self.file.write(json.dumps({"step": step, **record}) + "\n")

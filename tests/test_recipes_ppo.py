@@ -65,12 +65,16 @@ def test_run_completes_and_writes_models(run):
     assert all(0.0 <= summary["eval"][k]["gold"] <= 1.0 for k in ("sft", "ppo"))
 
 
-def test_deepspeed_checkpoints_of_policy_and_critic(run):
+def test_checkpoint_holds_policy_critic_and_driver_state(run):
     out = run[0]
+    folder = out / "checkpoints" / f"iter_{ITERATIONS:06d}"
     for net in ("policy", "critic"):
-        tag = out / "checkpoints" / net / f"iter{ITERATIONS}"
+        tag = folder / net / "state"
         assert tag.is_dir() and any(tag.iterdir()), tag
-        assert (out / "checkpoints" / net / "latest").read_text().strip() == f"iter{ITERATIONS}"
+        assert (folder / net / "latest").read_text().strip() == "state"
+    state = json.loads((folder / "state.json").read_text())
+    assert state["iteration"] == ITERATIONS and set(state) >= {"beta", "score_stats", "ptx", "evals"}
+    assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
 def test_first_iteration_policy_equals_reference(run):

@@ -152,6 +152,9 @@ class LearnerWorker:
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag)
 
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        self.engine.load_checkpoint(directory, tag)
+
 
 def _has_cuda() -> bool:
     try:
@@ -244,6 +247,9 @@ class LearnerGroup:
 
     def save_checkpoint(self, directory: str | Path, tag: str) -> None:
         ray.get([w.save_checkpoint.remote(str(directory), tag) for w in self.workers])
+
+    def load_checkpoint(self, directory: str | Path, tag: str) -> None:
+        ray.get([w.load_checkpoint.remote(str(directory), tag) for w in self.workers])
 
     def shutdown(self) -> None:
         for w in self.workers:

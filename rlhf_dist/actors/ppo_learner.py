@@ -108,6 +108,10 @@ class PPOLearnerWorker(LearnerWorker):
         self.policy.save_checkpoint(f"{directory}/policy", tag)
         self.critic.save_checkpoint(f"{directory}/critic", tag)
 
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        self.policy.load_checkpoint(f"{directory}/policy", tag)
+        self.critic.load_checkpoint(f"{directory}/critic", tag)
+
 
 class PPOLearnerGroup(LearnerGroup):
     """M PPO ranks. `minibatch_size` trajectories (all ranks together) make one optimizer step."""

@@ -119,8 +119,17 @@ class TrainEngine:
         return state if (not dist.is_initialized() or dist.get_rank() == 0) else None
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
-        """A DeepSpeed (sharded, resumable) checkpoint. Every rank must call it."""
-        self.engine.save_checkpoint(directory, tag=tag)
+        """A DeepSpeed (sharded, resumable) checkpoint: weights, optimizer state and our LR
+        schedule's position (DeepSpeed does not own the scheduler). Every rank must call it."""
+        self.engine.save_checkpoint(directory, tag=tag, client_state={"lr_scheduler": self.scheduler.state_dict()})
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        """Restore what `save_checkpoint` wrote (same ranks, ZeRO stage and config). Every rank must call it."""
+        path, client = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"{directory}/{tag}: no DeepSpeed checkpoint to load")
+        self.scheduler.load_state_dict(client["lr_scheduler"])
 
 
 def iter_full_tensors(model: torch.nn.Module, zero3: bool, rank: int):

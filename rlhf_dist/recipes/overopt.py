@@ -30,7 +30,7 @@ def ppo_run_config(cfg: OveroptConfig, beta: float) -> PPOConfig:
     return load_config(PPOConfig, cfg.ppo_config, cfg.ppo_overrides, values={
         "out": str(Path(cfg.out) / f"ppo_kl{beta:g}"), "sft": cfg.sft, "reward_model": cfg.reward_model,
         "data": cfg.data, "task": cfg.task, "seed": cfg.seed, "iterations": cfg.iterations, "eval_every": cfg.eval_every,
-        "eval_prompts": cfg.eval_prompts, "write_trajectories": False, "ppo": {"kl_coef": beta},
+        "eval_prompts": cfg.eval_prompts, "write_trajectories": False, "overwrite": True, "ppo": {"kl_coef": beta},
         "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}})
 
 

@@ -31,28 +31,35 @@ def train_ppo(cfg: PPOConfig) -> dict:
     from rlhf_dist.data import PromptSampler, PtxSampler, minibatches
     from rlhf_dist.data.ppo_data import load_ppo_data
     from rlhf_dist.engines.ppo import learner_metrics
+    from rlhf_dist.recipes import ppo_checkpoint as checkpoint
     from rlhf_dist.recipes.build_model import find_or_build_models
-    from rlhf_dist.runtime import RunLog, Timer, write_json
+    from rlhf_dist.runtime import RunLog, Timer, prepare_run_folder, write_json
     from rlhf_dist.tasks.base import load_task
 
     start, out = time.perf_counter(), Path(cfg.out)
+    resuming = prepare_run_folder(out, cfg.resume, cfg.overwrite, checkpoint.RUN_ARTIFACTS)  # before anything is written
     cfg = find_or_build_models(cfg)  # sft=, reward_model= and data= filled in
     data = load_ppo_data(cfg)
     task, p = load_task(cfg.task), cfg.ppo
     actors = PPOActors(cfg, data)  # checks the cluster's resources before any actor starts
     log = None
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        log, writer = RunLog(out), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
         prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
         ptx = PtxSampler(len(data.ptx), actors.ptx_per_minibatch, cfg.seed) if actors.ptx_per_minibatch else None
         kl_ctl = make_kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
         score_stats = RunningMoments()  # for score_norm=running (Secrets of RLHF I, PPO-max)
-        evals = {"sft": evaluate(actors, task, cfg, out, log, 0, "sft")} if cfg.eval_prompts else {}
-        bar = tqdm(total=cfg.iterations, desc="   ppo", unit="it", dynamic_ncols=True, mininterval=1.0)
-        pending = actors.sample(prompts.next(), iteration=0)
-        for it in range(cfg.iterations):  # the learner's weights are version `it`
+        first, evals = (checkpoint.restore(out, actors.learner, kl_ctl, score_stats, prompts, ptx)
+                        if resuming else (0, {}))
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        log, writer = RunLog(out, resume_step=first or None), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
+        if first:
+            actors.push_weights(version=first)  # the rollout workers sample with the checkpoint's weights
+        elif cfg.eval_prompts:
+            evals["sft"] = evaluate(actors, task, cfg, out, log, 0, "sft")
+        bar = tqdm(total=cfg.iterations, initial=first, desc="   ppo", unit="it", dynamic_ncols=True, mininterval=1.0)
+        pending = actors.sample(prompts.next(), iteration=first)
+        for it in range(first, cfg.iterations):  # the learner's weights are version `it`
             timer, t0 = Timer(), time.perf_counter()
             with timer("rollout"):  # 1. the rollout workers' samples (Arrow rows, each with its weight version)
                 table = pending.result()
@@ -107,7 +114,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             if cfg.eval_prompts and cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
                 evals[f"iter{it + 1}"] = evaluate(actors, task, cfg, out, log, it + 1, f"iter{it + 1}")
             if cfg.save_every and (it + 1) % cfg.save_every == 0:
-                actors.learner.save_checkpoint(out / "checkpoints", tag=f"iter{it + 1}")
+                checkpoint.save(out, it + 1, actors.learner, kl_ctl, score_stats, ptx, evals, cfg.keep_checkpoints)
         bar.close()
         if cfg.eval_prompts:
             evals["ppo"] = evaluate(actors, task, cfg, out, log, cfg.iterations, "ppo")

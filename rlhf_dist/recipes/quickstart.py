@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         check_model_dir(cfg.base, "base")
     # The PPO runs: configs/tiny.yaml (ppo_config) with the quickstart's settings, the user's
     # ppo_overrides on top; checked here, before anything is written.
-    ppo_settings = {"data": str(data), "task": cfg.task, "seed": cfg.seed, "iterations": cfg.ppo_iterations,
+    ppo_settings = {"overwrite": True, "data": str(data), "task": cfg.task, "seed": cfg.seed, "iterations": cfg.ppo_iterations,
                     "eval_prompts": 0, "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}}
     load_config(PPOConfig, cfg.ppo_config, cfg.ppo_overrides, values={"out": str(out / "ppo"), **ppo_settings})
     common = dict(data=str(data), seed=cfg.seed, learner={"cpus_per_rank": cfg.cpus}, eval_every=0)
