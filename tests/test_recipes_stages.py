@@ -51,8 +51,10 @@ def test_run_folders_have_config_metrics_tensorboard_and_hf_model(pipeline):
         assert (d / "model" / "config.json").is_file() and (d / "model" / "tokenizer.json").is_file()
 
 
-def test_pretraining_lowers_heldout_loss_and_writes_deepspeed_checkpoints(pipeline):
-    assert (pipeline / "base" / "checkpoints" / "step40").is_dir()
+def test_pretraining_lowers_heldout_loss_and_writes_checkpoints(pipeline):
+    folder = pipeline / "base" / "checkpoints" / "step_000040"
+    assert (folder / "latest").read_text().strip() == "state" and any((folder / "state").iterdir())
+    assert json.loads((folder / "state.json").read_text())["step"] == 40
     evals = [r["eval/loss"] for r in metrics(pipeline / "base") if "eval/loss" in r]
     assert evals[-1] < evals[0] - 1.0, evals  # random init starts near log(vocab) ~ 5.9 nats
 

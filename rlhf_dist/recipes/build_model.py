@@ -69,7 +69,7 @@ def find_or_build_models(cfg):
               f"{cfg.build_size} size)", flush=True)
         if not (data / "manifest.json").exists():
             write_task_data(TaskDataConfig(out=str(data), seed=cfg.seed, task=cfg.task, probe=0), quiet=True)
-        common = dict(data=str(data), seed=cfg.seed, ray_address=cfg.ray_address, eval_every=0,
+        common = dict(data=str(data), seed=cfg.seed, ray_address=cfg.ray_address, eval_every=0, overwrite=True,
                       learner={"cpus_per_rank": cfg.learner.cpus_per_rank})
         base = pretrain(derive(PretrainConfig(out=str(root / "base")), size=cfg.build_size, **common))
         tuned = sft(derive(SFTConfig(out=str(root / "sft")), init=base["model"], task=cfg.task, gold_prompts=0, **common))

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     ppo_settings = {"overwrite": True, "data": str(data), "task": cfg.task, "seed": cfg.seed, "iterations": cfg.ppo_iterations,
                     "eval_prompts": 0, "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}}
     load_config(PPOConfig, cfg.ppo_config, cfg.ppo_overrides, values={"out": str(out / "ppo"), **ppo_settings})
-    common = dict(data=str(data), seed=cfg.seed, learner={"cpus_per_rank": cfg.cpus}, eval_every=0)
+    common = dict(data=str(data), seed=cfg.seed, learner={"cpus_per_rank": cfg.cpus}, eval_every=0, overwrite=True)
     timings: dict[str, float] = {}
 
     with stage("1/10 task data (simulated labeler)", timings):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlhf_dist.config import parse_cli
 from rlhf_dist.config.stages import PretrainConfig, RMConfig, SFTConfig
-from rlhf_dist.recipes.train_stage import run_stage
+from rlhf_dist.recipes.train_stage import prepare_stage_folder, run_stage
 
 
 def _files(cfg, train_name: str, eval_name: str | None) -> tuple[Path, Path | None]:
@@ -46,6 +46,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     from rlhf_dist.models import check_model_dir, load_tokenizer
 
     train_file, eval_file = _files(cfg, "pretrain.jsonl", "pretrain_heldout.jsonl")
+    resuming = prepare_stage_folder(cfg)
+    if not cfg.init and resuming and (Path(cfg.out) / "init" / "config.json").is_file():
+        cfg.init = str(Path(cfg.out) / "init")  # the resumed run's own random init
     if not cfg.init:
         from rlhf_dist.config.pipeline import BuildModelConfig
         from rlhf_dist.recipes.build_model import build_model
@@ -61,7 +64,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         held, _ = tokenize_texts(load_texts(eval_file), tok, cfg.max_len)
     else:
         train, held = split_eval(train, cfg.eval_fraction, cfg.seed)
-    summary = run_stage(cfg, "lm", "causal_lm", train, held, tok.pad_token_id, _lm_summary)
+    summary = run_stage(cfg, "lm", "causal_lm", train, held, tok.pad_token_id, _lm_summary, resuming)
     _write_summary(cfg.out, summary)
     return summary
 
@@ -75,6 +78,7 @@ def sft(cfg: SFTConfig) -> dict:
     if not cfg.init:
         raise ValueError("init=: the model to fine-tune (e.g. runs/base/model from `rlhf-dist pretrain`)")
     check_model_dir(cfg.init, "init")
+    resuming = prepare_stage_folder(cfg)
     task = load_task(cfg.task) if cfg.gold_prompts else None
     train_file, eval_file = _files(cfg, "sft.jsonl", None)
     tok = load_tokenizer(cfg.init)
@@ -84,7 +88,7 @@ def sft(cfg: SFTConfig) -> dict:
         held, _ = tokenize_sft(load_sft(eval_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
-    summary = run_stage(cfg, "sft", "causal_lm", items, held, tok.pad_token_id, _lm_summary)
+    summary = run_stage(cfg, "sft", "causal_lm", items, held, tok.pad_token_id, _lm_summary, resuming)
     summary["data_stats"] = stats
     if task is not None:
         prompts_file = Path(cfg.data) / "eval_prompts.jsonl" if cfg.data else None
@@ -120,6 +124,7 @@ def rm(cfg: RMConfig) -> dict:
     if not cfg.init:
         raise ValueError("init=: the model the reward model starts from (e.g. runs/sft/model)")
     check_model_dir(cfg.init, "init")
+    resuming = prepare_stage_folder(cfg)
     task = load_task(cfg.task)
     train_file, eval_file = _files(cfg, "comparisons.jsonl", "comparisons_heldout.jsonl")
     tok = load_tokenizer(cfg.init)
@@ -132,7 +137,7 @@ def rm(cfg: RMConfig) -> dict:
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
         held_comparisons = None
-    summary = run_stage(cfg, "rm", "scalar_from_lm", items, held, tok.pad_token_id, _rm_summary)
+    summary = run_stage(cfg, "rm", "scalar_from_lm", items, held, tok.pad_token_id, _rm_summary, resuming)
     # Normalise: shift rewards so the held-out responses (demonstrator-quality samples) score 0 on
     # average (InstructGPT 3.5; N+ detail 15). The ranking loss is unchanged by the shift.
     config_path = Path(cfg.out) / "model" / "config.json"

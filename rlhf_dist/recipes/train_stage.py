@@ -1,6 +1,10 @@
 """The training loop shared by `pretrain`, `sft` and `rm`: epochs of seeded minibatches through the
-learner group, with evaluation, DeepSpeed checkpoints, metrics and a final HF model folder (the run
-folder's layout: rlhf_dist/runtime.py).
+learner group, with evaluation, checkpoints, metrics and a final HF model folder (the run folder's
+layout: rlhf_dist/runtime.py).
+
+Resume (`resume=auto`): a checkpoint `out/checkpoints/step_NNNNNN/` holds the learner's DeepSpeed
+checkpoint (weights, optimizer, LR-schedule position) and the step; the data order is a function of
+(seed, epoch), so the run continues at the next minibatch and repeats the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -11,19 +15,28 @@ from pathlib import Path
 
 from rlhf_dist.config import config_to_dict, save_config
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.runtime import RunLog, ensure_ray
+from rlhf_dist.runtime import RunLog, ensure_ray, latest_checkpoint, new_checkpoint, prepare_run_folder
+
+# Everything a stage writes into its folder (what `overwrite=true` removes).
+STAGE_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "tb", "checkpoints", "model", "init",
+                   "samples_init.jsonl", "samples_sft.jsonl")
+
+
+def prepare_stage_folder(cfg: StageConfig) -> bool:
+    """Refuse, resume or overwrite `cfg.out` before the stage writes anything; True when resuming."""
+    return prepare_run_folder(cfg.out, cfg.resume, cfg.overwrite, STAGE_ARTIFACTS)
 
 
 def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: list, eval_items: list,
-              pad_id: int, summarize_eval) -> dict:
+              pad_id: int, summarize_eval, resuming: bool = False) -> dict:
     """Train `objective` on `train_items`; returns the summary. `summarize_eval(sums) -> dict` turns
-    the summed evaluation metrics into named numbers (e.g. loss, accuracy)."""
+    the summed evaluation metrics into named numbers (e.g. loss, accuracy). `resuming`: continue
+    from the newest complete checkpoint in `cfg.out` (`prepare_stage_folder`)."""
     from tqdm import tqdm
 
     from rlhf_dist.actors.learner_group import LearnerGroup, ModelSpec
-    from rlhf_dist.data import minibatches
-
     from rlhf_dist.actors.resources import Role, check_resources
+    from rlhf_dist.data import minibatches
 
     out = Path(cfg.out)
     steps_per_epoch = len(train_items) // cfg.batch_size
@@ -40,8 +53,17 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
     print(f"   {cfg.learner.num_ranks} learner rank(s), ZeRO-{cfg.learner.zero_stage}, {group.info[0]['params']:,} parameters on rank 0, "
           f"global batch {cfg.batch_size} = {cfg.learner.micro_batch_size} x {group.grad_accum} accum x {cfg.learner.num_ranks} ranks, "
           f"{total_steps} steps ({cfg.epochs:g} epochs of {len(train_items)} items); set-up {time.perf_counter() - start:.1f} s", flush=True)
-    log = RunLog(out)
-    last_eval: dict = {}
+    found = latest_checkpoint(out / "checkpoints") if resuming else None
+    first = 0
+    if found:
+        group.load_checkpoint(found[0], "state")
+        first, last_eval = found[1]["step"], found[1]["last_eval"]
+        print(f"   resumed from {found[0]} (step {first})", flush=True)
+    elif resuming:
+        print(f"   resume=auto: no complete checkpoint in {out / 'checkpoints'}: starting from step 0", flush=True)
+    log = RunLog(out, resume_step=first or None)
+    if not first:
+        last_eval = {}
 
     def evaluate(step: int) -> None:
         nonlocal last_eval
@@ -50,11 +72,13 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
         tqdm.write("   eval @ step %d: %s" % (step, ", ".join(f"{k[5:]} {v:.4f}" for k, v in last_eval.items())))
 
     try:
-        evaluate(0)
-        bar = tqdm(total=total_steps, desc=f"   {objective}", unit="step", dynamic_ncols=True, mininterval=1.0)
-        step, train_start, units = 0, time.perf_counter(), 0.0
-        for epoch in range(math.ceil(cfg.epochs)):
-            for batch_indices in minibatches(len(train_items), cfg.batch_size, cfg.seed, epoch):
+        if not first:
+            evaluate(0)
+        bar = tqdm(total=total_steps, initial=first, desc=f"   {objective}", unit="step", dynamic_ncols=True, mininterval=1.0)
+        step, train_start, units = first, time.perf_counter(), 0.0
+        for epoch in range(first // steps_per_epoch, math.ceil(cfg.epochs)):
+            batches = minibatches(len(train_items), cfg.batch_size, cfg.seed, epoch)  # steps_per_epoch of them
+            for batch_indices in batches[step - epoch * steps_per_epoch:]:  # a resumed epoch skips the done ones
                 if step == total_steps:
                     break
                 sums = group.train_step(objective, [train_items[i] for i in batch_indices])
@@ -72,7 +96,9 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                     evaluate(step)
                 if cfg.save_every and step % cfg.save_every == 0:
-                    group.save_checkpoint(out / "checkpoints", tag=f"step{step}")
+                    with new_checkpoint(out / "checkpoints", f"step_{step:06d}", {"step": step, "last_eval": last_eval},
+                                        cfg.keep_checkpoints) as folder:
+                        group.save_checkpoint(folder, "state")
         bar.close()
         evaluate(step)
         group.save_model(out / "model", tokenizer_path=cfg.init)
