@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlhf_dist.config import ConfigError
     from rlhf_dist.data import DataError
-    from rlhf_dist.runtime import stop_on_sigterm
+    from rlhf_dist.runtime import RunStopped, stop_on_sigterm
     from rlhf_dist.tasks.base import TaskSpecError
 
     debug = debug or bool(os.environ.get("RLHF_DIST_DEBUG"))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = getattr(importlib.import_module(module_name), function)
     try:
         return int(entry(argv[1:]) or 0)
-    except (ConfigError, DataError, TaskSpecError, ValueError, OSError) as e:
+    except (ConfigError, DataError, TaskSpecError, ValueError, OSError, RunStopped) as e:
         if debug:
             raise
         print(f"rlhf-dist {ns.command}: error: {_one_line(e)} (--debug or RLHF_DIST_DEBUG=1 shows the traceback)",

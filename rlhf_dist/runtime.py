@@ -83,6 +83,10 @@ def ensure_ray(address: str = "") -> None:
     stop_on_sigterm()
 
 
+class RunStopped(RuntimeError):
+    """The run cannot go on (a learner rank died, restarts used up); the message is one line."""
+
+
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked; the message is one line naming it and the way out."""
 

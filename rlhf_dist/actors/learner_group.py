@@ -25,6 +25,7 @@ from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.data.sampling import shard
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 from rlhf_dist.engines.deepspeed_engine import grad_accum_steps
+from rlhf_dist.runtime import RunStopped
 
 
 # Resources that exist (checked first: rlhf_dist/actors/resources.py) are placed in seconds; a
@@ -156,6 +157,15 @@ class LearnerWorker:
         self.engine.load_checkpoint(directory, tag)
 
 
+def _answers(worker) -> bool:
+    """Whether a rank's actor still answers a trivial call."""
+    try:
+        ray.get(worker.address.remote(), timeout=30)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
+
+
 def _has_cuda() -> bool:
     try:
         import torch
@@ -172,14 +182,25 @@ def micro_batches(items: Sequence, micro_batch_size: int) -> list[list]:
 class LearnerGroup:
     """M learner ranks. Methods take the GLOBAL batch and return metrics summed over ranks."""
 
+    def _get(self, refs):
+        """`ray.get` of calls on the ranks; a rank that died stops the run with one line naming it."""
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            dead = [r for r, w in enumerate(self.workers) if not _answers(w)]
+            if not dead:  # another actor (e.g. a rollout worker a rank was pushing to): the caller decides
+                raise
+            raise RunStopped(f"learner rank {dead[0]} died ({type(e).__name__}): the run cannot go on without it; "
+                             "continue it with resume=auto from its last checkpoint") from None
+
     def __init__(self, spec: ModelSpec, cfg: LearnerConfig, optim: OptimConfig, global_batch: int,
                  total_steps: int, pad_id: int) -> None:
         self.cfg, self.global_batch = cfg, global_batch
         self.grad_accum = grad_accum_steps(global_batch, cfg.micro_batch_size, cfg.num_ranks)
         self.workers = self._spawn(LearnerWorker, cfg)
-        addr, port = ray.get(self.workers[0].address.remote())
+        addr, port = self._get(self.workers[0].address.remote())
         # All ranks must join the rendezvous at once: call setup on every worker before waiting.
-        self.info = ray.get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
+        self.info = self._get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
 
     def _spawn(self, worker_cls, cfg: LearnerConfig) -> list:
         """A placement group with one bundle per rank, and one actor per rank in its bundle."""
@@ -221,7 +242,7 @@ class LearnerGroup:
         # accumulation steps: the normaliser undoes both (rlhf_dist.algo.losses.global_normalizer).
         normalizer = global_normalizer(OBJECTIVES[objective].count(items), self.cfg.num_ranks, self.grad_accum)
         micro = self._split(items, OBJECTIVES[objective].length)
-        results = ray.get([w.train_step.remote(objective, mbs, normalizer) for w, mbs in zip(self.workers, micro)])
+        results = self._get([w.train_step.remote(objective, mbs, normalizer) for w, mbs in zip(self.workers, micro)])
         return _sum_over_ranks(results)
 
     def evaluate(self, objective: str, items: Sequence) -> dict:
@@ -240,16 +261,16 @@ class LearnerGroup:
         for w, mbs in zip(self.workers, per_rank):
             padding = most - len(mbs)
             calls.append(w.evaluate.remote(objective, mbs + [[items[0]]] * padding, padding))
-        return _sum_over_ranks(ray.get(calls))
+        return _sum_over_ranks(self._get(calls))
 
     def save_model(self, path: str | Path, tokenizer_path: str | Path | None = None) -> None:
-        ray.get([w.save_model.remote(str(path), None if tokenizer_path is None else str(tokenizer_path)) for w in self.workers])
+        self._get([w.save_model.remote(str(path), None if tokenizer_path is None else str(tokenizer_path)) for w in self.workers])
 
     def save_checkpoint(self, directory: str | Path, tag: str) -> None:
-        ray.get([w.save_checkpoint.remote(str(directory), tag) for w in self.workers])
+        self._get([w.save_checkpoint.remote(str(directory), tag) for w in self.workers])
 
     def load_checkpoint(self, directory: str | Path, tag: str) -> None:
-        ray.get([w.load_checkpoint.remote(str(directory), tag) for w in self.workers])
+        self._get([w.load_checkpoint.remote(str(directory), tag) for w in self.workers])
 
     def shutdown(self) -> None:
         for w in self.workers:

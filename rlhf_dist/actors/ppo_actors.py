@@ -9,6 +9,7 @@ import random
 import time
 
 import numpy as np
+import ray
 
 from rlhf_dist.actors.learner_group import ModelSpec
 from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
@@ -47,16 +48,22 @@ class PPOActors:
         start = time.perf_counter()
         max_len = cfg.max_prompt_len + r.max_new_tokens + 8
         self.rollout = RolloutGroup(data.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
-                                    r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization)
+                                    r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
+                                    max_restarts=cfg.max_restarts)
         self.reward = ScorerPool(RewardActor, cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor,
-                                 data.reward_model, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype)
+                                 data.reward_model, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype,
+                                 max_restarts=cfg.max_restarts)
         self.reference = ScorerPool(ReferenceActor, cfg.reference.num_actors, cfg.reference.cpus_per_actor,
                                     cfg.reference.gpus_per_actor, data.sft, data.pad_id, r.temperature,
-                                    cfg.reference.micro_batch_size, cfg.reference.dtype)
+                                    cfg.reference.micro_batch_size, cfg.reference.dtype, max_restarts=cfg.max_restarts)
         total_steps = cfg.iterations * p.epochs * self.minibatches_per_epoch
         self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), ModelSpec(data.critic, "scalar", cfg.seed),
                                        cfg.learner, cfg.optim, cfg.critic_optim, p.minibatch_size, total_steps, data.pad_id,
                                        PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx)))
+        # A replaced rollout worker gets the learner's current weights (the version is checked on arrival).
+        self.version = 0
+        self.rollout.load_weights = lambda worker: self.learner.push_weights(
+            [worker], self.version, r.weight_transport, r.bucket_mb * 2**20)
         info = self.learner.info[0]
         print(f"   {r.num_workers} rollout worker(s), {cfg.reward.num_actors} reward + {cfg.reference.num_actors} reference actor(s), "
               f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} + critic "
@@ -92,9 +99,22 @@ class PPOActors:
         return add_columns(table, score=score, ref_logprobs=ref.result())
 
     def push_weights(self, version: int) -> dict:
-        """The learner's policy weights to every rollout worker, stamped `version`."""
+        """The learner's policy weights to every rollout worker, stamped `version`; a worker lost
+        on the way is replaced and the push done again."""
         r = self.cfg.rollout
-        return self.learner.push_weights(self.rollout.workers, version, r.weight_transport, r.bucket_mb * 2**20)
+        while True:
+            try:
+                stats = self.learner.push_weights(self.rollout.workers, version, r.weight_transport, r.bucket_mb * 2**20)
+                break
+            except ray.exceptions.RayError:
+                if not self.rollout.replace_dead("lost during a weight push"):
+                    raise
+        self.version = version
+        return stats
+
+    def fault_metrics(self) -> dict:
+        """faults/<role>_restarts and faults/<role>_restart_s so far in the run."""
+        return {**self.rollout.faults, **self.reward.faults, **self.reference.faults}
 
     def shutdown(self) -> None:
         for part in ("learner", "rollout", "reward", "reference"):

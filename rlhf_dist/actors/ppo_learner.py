@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from rlhf_dist.actors.learner_group import LearnerGroup, LearnerWorker, ModelSpec, load_model
 from rlhf_dist.buffer import balanced_bounds
@@ -82,7 +81,8 @@ class PPOLearnerWorker(LearnerWorker):
 
     def push_weights(self, actors: Sequence, version: int, transport: str, bucket_bytes: int) -> dict:
         """Every rank iterates the gathered parameters in step; rank 0 sends them to the rollout
-        actors. The sender is created once (a broadcast group stays up between pushes)."""
+        actors. The sender is created once for a set of actors (a broadcast group stays up between
+        pushes) and again when the set changes (a replaced rollout worker)."""
         import time
 
         import torch
@@ -95,7 +95,15 @@ class PPOLearnerWorker(LearnerWorker):
             for _ in tensors:
                 pass
             return {}
+        targets = [a._actor_id for a in actors]
+        if self.sync is not None and targets != self.sync_targets:
+            try:
+                self.sync.close()
+            except Exception:  # a member of the old set is gone
+                pass
+            self.sync = None
         if self.sync is None:
+            self.sync_targets = targets
             dtype = next(self.policy.model.parameters()).dtype
             self.sync = make_weight_sync(list(actors), transport, bucket_bytes=bucket_bytes,
                                          dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
@@ -122,8 +130,8 @@ class PPOLearnerGroup(LearnerGroup):
         self.cfg, self.global_batch = cfg, minibatch_size
         self.grad_accum = grad_accum_steps(minibatch_size, cfg.micro_batch_size, cfg.num_ranks)
         self.workers = self._spawn(PPOLearnerWorker, cfg)
-        addr, port = ray.get(self.workers[0].address.remote())
-        self.info = ray.get([w.setup_ppo.remote(addr, port, policy, critic, cfg, policy_optim, critic_optim,
+        addr, port = self._get(self.workers[0].address.remote())
+        self.info = self._get([w.setup_ppo.remote(addr, port, policy, critic, cfg, policy_optim, critic_optim,
                                                 minibatch_size, total_steps, pad_id, loss_cfg) for w in self.workers])
 
     def _micro_tables(self, table: pa.Table, lo: int, hi: int) -> list[pa.Table]:
@@ -136,7 +144,7 @@ class PPOLearnerGroup(LearnerGroup):
         most = max(len(m) for m in per_rank)
         refs = [w.forward_old.remote(mts + [table.slice(0, 1)] * (most - len(mts)), most - len(mts))
                 for w, mts in zip(self.workers, per_rank)]
-        parts = [p for p in ray.get(refs) if p is not None]
+        parts = [p for p in self._get(refs) if p is not None]
         return tuple(pa.chunked_array([p[k] for p in parts]).combine_chunks() for k in range(3))
 
     def ppo_step(self, minibatch: pa.Table, ptx_items: Sequence | None) -> dict:
@@ -161,13 +169,13 @@ class PPOLearnerGroup(LearnerGroup):
         refs = [w.ppo_step.remote(self._micro_tables(minibatch, r * share, (r + 1) * share),
                                   ptx_split[r] if ptx_split else None, token_norm, ptx_norm)
                 for r, w in enumerate(self.workers)]
-        return sum_stats(ray.get(refs))
+        return sum_stats(self._get(refs))
 
     def push_weights(self, rollout_actors: Sequence, version: int, transport: str = "auto",
                      bucket_bytes: int = 256 * 2**20) -> dict:
-        results = ray.get([w.push_weights.remote(list(rollout_actors), version, transport, bucket_bytes) for w in self.workers])
+        results = self._get([w.push_weights.remote(list(rollout_actors), version, transport, bucket_bytes) for w in self.workers])
         return results[0]
 
     def save(self, policy_dir, critic_dir, tokenizer_path) -> None:
-        ray.get([w.save_model.remote(str(policy_dir), str(tokenizer_path), "policy") for w in self.workers])
-        ray.get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
+        self._get([w.save_model.remote(str(policy_dir), str(tokenizer_path), "policy") for w in self.workers])
+        self._get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])

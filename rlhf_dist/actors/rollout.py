@@ -16,7 +16,7 @@ import ray
 from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
 from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
-from rlhf_dist.runtime import vllm_cpu_env
+from rlhf_dist.runtime import RunStopped, vllm_cpu_env
 
 ENGINE_START_TIMEOUT_S = 900.0
 
@@ -67,31 +67,79 @@ def rollout_env() -> dict[str, str]:
 
 
 class PendingRollout:
-    def __init__(self, refs: list) -> None:
-        self.refs = refs
+    """Sampling in flight on the workers; `result()` waits for it. A part whose worker died is
+    sampled again, with the same prompts and seeds, by a replacement worker (`RolloutGroup.replace`)."""
+
+    def __init__(self, group: "RolloutGroup", parts: list) -> None:
+        self.group, self.parts = group, parts  # [(worker index, generate args, ref)]
 
     def result(self):
-        """The Arrow table of all rows, in prompt order."""
-        return concat(ray.get(self.refs))
+        """The Arrow table of all rows, in prompt order: every prompt's samples exactly once."""
+        tables = []
+        for w, args, ref in self.parts:
+            while True:
+                try:
+                    tables.append(ray.get(ref))
+                    break
+                except ray.exceptions.RayActorError as e:
+                    self.group.replace(w, f"lost while sampling ({type(e).__name__})")
+                    ref = self.group.workers[w].generate.remote(*args)
+        return concat(tables)
 
 
 class RolloutGroup:
     """N rollout workers; `generate` balances the prompts over them (contiguous parts whose sizes
-    differ by at most one) and returns one Arrow table in prompt order."""
+    differ by at most one) and returns one Arrow table in prompt order.
+
+    A worker that dies is replaced (at most `max_restarts` times in a run): a new actor in its
+    place, given the current weights by `load_weights(worker)` (set by the owner; the version is
+    checked on arrival), then its unfinished part is sampled again."""
 
     def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
                  num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85) -> None:
-        actor = ray.remote(RolloutWorker)
-        self.workers = [
-            actor.options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
-                          runtime_env={"env_vars": rollout_env()}).remote(
-                model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size, gpu_memory_utilization)
-            for w in range(num_workers)
-        ]
+                 gpu_memory_utilization: float = 0.85, max_restarts: int = 3) -> None:
+        actor = ray.remote(RolloutWorker).options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
+                                                  runtime_env={"env_vars": rollout_env()})
+        self._start = lambda w: actor.remote(model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size,
+                                             gpu_memory_utilization)
+        self._asked = f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU"
+        self.workers = [self._start(w) for w in range(num_workers)]
         # Wait until every engine is up (a vLLM start takes ~20 s on CPU, minutes for a large model on GPU).
-        wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S,
-                    f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU")
+        wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S, self._asked)
+        self.max_restarts, self.load_weights = max_restarts, None
+        self.faults = {"faults/rollout_restarts": 0, "faults/rollout_restart_s": 0.0}
+
+    def replace(self, w: int, why: str) -> None:
+        """Start a new worker in place of worker `w` and load the current weights into it."""
+        import time
+
+        if self.faults["faults/rollout_restarts"] >= self.max_restarts:
+            raise RunStopped(f"rollout worker {w} {why}; {self.max_restarts} restarts used (rollout.max_restarts): stopping")
+        start = time.perf_counter()
+        try:
+            ray.kill(self.workers[w], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.workers[w] = self._start(w)
+        wait_placed([self.workers[w].weight_version.remote()], "replacement rollout worker", ENGINE_START_TIMEOUT_S, self._asked)
+        if self.load_weights is not None:
+            self.load_weights(self.workers[w])
+        seconds = time.perf_counter() - start
+        self.faults["faults/rollout_restarts"] += 1
+        self.faults["faults/rollout_restart_s"] += seconds
+        print(f"   rollout worker {w} {why}: replaced and given the current weights in {seconds:.1f} s", flush=True)
+
+    def replace_dead(self, why: str) -> list[int]:
+        """Replace every worker that no longer answers; their indices."""
+        dead = []
+        for w, worker in enumerate(self.workers):
+            try:
+                ray.get(worker.weight_version.remote(), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(w)
+        for w in dead:
+            self.replace(w, why)
+        return dead
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
                  max_new_tokens: int, temperature: float, seed: int):
@@ -103,12 +151,13 @@ class RolloutGroup:
         """`generate` without waiting: the workers sample while the caller goes on. A weight push
         issued afterwards waits for the sampling (Ray runs an actor's calls in order), so the
         samples carry the version they were started with."""
-        refs = []
-        for w, (lo, hi) in zip(self.workers, balanced_bounds(len(prompt_ids), len(self.workers))):
+        parts = []
+        for w, (lo, hi) in enumerate(balanced_bounds(len(prompt_ids), len(self.workers))):
             if hi > lo:
-                refs.append(w.generate.remote(list(prompt_ids[lo:hi]), list(prompt_index[lo:hi]), list(sample_index[lo:hi]),
-                                              max_new_tokens, temperature, seed + lo))
-        return PendingRollout(refs)
+                args = (list(prompt_ids[lo:hi]), list(prompt_index[lo:hi]), list(sample_index[lo:hi]), max_new_tokens,
+                        temperature, seed + lo)
+                parts.append((w, args, self.workers[w].generate.remote(*args)))
+        return PendingRollout(self, parts)
 
     def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[list[int]]]:
         """Every worker's greedy responses to the same prompts (to check that weights are in sync)."""

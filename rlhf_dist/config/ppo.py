@@ -105,6 +105,7 @@ class PPOConfig:
     write_trajectories: bool = param(True, "write every iteration's Arrow rows to out/trajectories")
     trajectory_format: Literal["parquet", "arrow"] = param("parquet", "trajectory files: parquet | arrow (IPC)")
     ray_address: str = param("", "Ray cluster address; empty: $RAY_ADDRESS or a local Ray")
+    max_restarts: int = param(3, "lost rollout, reward or reference actors replaced in a run (each kind), then a clear stop", ge=0)
     learner: LearnerConfig = param(LearnerConfig(micro_batch_size=8), "learner group (policy + critic)")
     optim: OptimConfig = param(OptimConfig(lr=1e-5, schedule="constant", warmup_steps=10, grad_clip=1.0), "policy optimizer")
     critic_optim: OptimConfig = param(OptimConfig(lr=1e-5, schedule="constant", warmup_steps=10, grad_clip=1.0), "critic optimizer")

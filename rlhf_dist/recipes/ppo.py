@@ -106,6 +106,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                                       c["old_logprobs"], c["values"]),
                       "gold/train_mean": sum(gold) / len(gold), "rollout/staleness": staleness,
                       "rollout/entropy": _list_mean(entropy), **learner_metrics(steps), **timer.metrics(),
+                      **actors.fault_metrics(),
                       "time/sync_push_s": sync.get("seconds", 0.0), "time/iteration_s": time.perf_counter() - t0}
             log.write(it + 1, record)
             bar.set_postfix(score=f"{record['objective/score']:.3f}", gold=f"{record['gold/train_mean']:.3f}",
