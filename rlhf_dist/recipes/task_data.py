@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_cli(TaskDataConfig, argv, "rlhf-dist task-data", __doc__)
         write_task_data(cfg)
     except (ConfigError, TaskSpecError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"rlhf-dist task-data: error: {exc} (--debug or RLHF_DIST_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"rlhf-dist task-data: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

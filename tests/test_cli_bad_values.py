@@ -1,0 +1,65 @@
+"""Bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
+line on stderr, exit status 2, no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = Path(sys.executable).with_name("rlhf-dist")
+SUFFIX = " (--debug or RLHF_DIST_DEBUG=1 shows the traceback)"
+
+CASES = [
+    ("ppo", "ppo.kl_coef=-0.5", "override 'ppo.kl_coef=-0.5': 'ppo.kl_coef'=-0.5: must be >= 0"),
+    ("ppo", "ppo.kl_coef=nan", "override 'ppo.kl_coef=nan': 'ppo.kl_coef'=nan: must be a finite number"),
+    ("ppo", "ppo.lam=5", "override 'ppo.lam=5': 'ppo.lam'=5.0: must be <= 1"),
+    ("ppo", "ppo.gamma=-1", "override 'ppo.gamma=-1': 'ppo.gamma'=-1.0: must be >= 0"),
+    ("ppo", "ppo.clip_eps=-0.2", "override 'ppo.clip_eps=-0.2': 'ppo.clip_eps'=-0.2: must be > 0"),
+    ("ppo", "rollout.temperature=nan", "override 'rollout.temperature=nan': 'rollout.temperature'=nan: must be a finite number"),
+    ("ppo", "rollout.temperature=0", "override 'rollout.temperature=0': 'rollout.temperature'=0.0: must be > 0"),
+    ("ppo", "rollout.cpus_per_worker=-1", "override 'rollout.cpus_per_worker=-1': 'rollout.cpus_per_worker'=-1.0: must be >= 0"),
+    ("ppo", "rollout.num_workers=0", "override 'rollout.num_workers=0': 'rollout.num_workers'=0: must be >= 1"),
+    ("ppo", "reward.num_actors=0", "override 'reward.num_actors=0': 'reward.num_actors'=0: must be >= 1"),
+    ("ppo", "eval_prompts=-3", "override 'eval_prompts=-3': 'eval_prompts'=-3: must be >= 0"),
+    ("ppo", "optim.betas=[0.9,1.5]", "override 'optim.betas=[0.9,1.5]': 'optim.betas[1]'=1.5: must be < 1"),
+    ("ppo", "optim.lr=-1e-5", "override 'optim.lr=-1e-5': 'optim.lr'=-1e-05: must be > 0"),
+    ("ppo", "rollout.max_new_tokens=0", "override 'rollout.max_new_tokens=0': 'rollout.max_new_tokens'=0: must be >= 1"),
+    ("ppo", "prompts_per_iteration=0", "override 'prompts_per_iteration=0': 'prompts_per_iteration'=0: must be >= 1"),
+    ("ppo", "learner.zero_stage=5", "override 'learner.zero_stage=5': 'learner.zero_stage': expected one of 0, 1, 2, 3, got 5"),
+    ("ppo", "learner.dtype=fp16", "override 'learner.dtype=fp16': 'learner.dtype': expected one of fp32, bf16, got 'fp16'"),
+    ("ppo", "reward_source=human", "override 'reward_source=human': 'reward_source': expected one of rm, gold, got 'human'"),
+    ("ppo", "ppo.kl_estimator=k9", "override 'ppo.kl_estimator=k9': 'ppo.kl_estimator': expected one of k1, k2, k3, got 'k9'"),
+    ("ppo", "truncation=left", "override 'truncation=left': 'truncation': expected one of middle, skip, error, got 'left'"),
+    ("ppo", "resume=always", "override 'resume=always': 'resume': expected one of never, auto, got 'always'"),
+    ("ppo", "seed=abc", "override 'seed=abc': 'seed': expected int, got 'abc'"),
+    ("ppo", "iterations=1.5", "override 'iterations=1.5': 'iterations': expected int, got 1.5"),
+    ("ppo", "ppo.ptx_coef=inf", "override 'ppo.ptx_coef=inf': 'ppo.ptx_coef'=inf: must be a finite number"),
+    ("ppo", "max_restarts=-1", "override 'max_restarts=-1': 'max_restarts'=-1: must be >= 0"),
+    ("ppo", "rollout.overlap=true", "override 'rollout.overlap=true': 'rollout': rollout.overlap=true samples with weights one "
+                                    "version old: set rollout.max_staleness >= 1"),
+    ("sft", "epochs=0", "override 'epochs=0': 'epochs'=0.0: must be > 0"),
+    ("sft", "eval_fraction=1.5", "override 'eval_fraction=1.5': 'eval_fraction'=1.5: must be < 1"),
+    ("sft", "learner.micro_batch_size=0", "override 'learner.micro_batch_size=0': 'learner.micro_batch_size'=0: must be >= 1"),
+    ("rm", "batch_size=0", "override 'batch_size=0': 'batch_size'=0: must be >= 1"),
+    ("pretrain", "size=huge", "override 'size=huge': 'size': expected one of tiny, small, got 'huge'"),
+    ("eval", "prompts=0", "override 'prompts=0': 'prompts'=0: must be >= 1"),
+    ("eval", "temperature=-1", "override 'temperature=-1': 'temperature'=-1.0: must be > 0"),
+    ("task-data", "k=1", "override 'k=1': 'k'=1: must be >= 2"),
+    ("label", "k=1", "override 'k=1': 'k'=1: must be >= 2"),
+    ("overopt", "bon_n=[0,2]", "override 'bon_n=[0,2]': 'bon_n[0]'=0: must be >= 1"),
+    ("quickstart", "rank_k=1", "override 'rank_k=1': 'rank_k'=1: must be >= 2"),
+    ("quickstart", "ptx_data=corpus", "override 'ptx_data=corpus': 'ptx_data': expected one of demonstrations, pretraining, "
+                                      "both, got 'corpus'"),
+]
+
+
+@pytest.mark.parametrize("command, override, message", CASES, ids=[f"{c}:{o}" for c, o, _ in CASES])
+def test_a_bad_value_is_one_exact_line_and_writes_nothing(command, override, message, tmp_path):
+    out = tmp_path / "out"
+    res = subprocess.run([str(EXE), command, "--out", str(out), override], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"rlhf-dist {command}: error: {message}{SUFFIX}"]
+    assert not out.exists()
