@@ -27,7 +27,7 @@
 #   RLHF_DIST_JOB_PYTHON  interpreter the job runs on the cluster (default: python)
 #
 # Paths in the config and overrides are read ON THE CLUSTER. A relative `out`/`models`/`data`
-# lands in the job's copy of the working directory (a temporary folder of the Ray session):
+# lands in the job's copy of the working directory (a temporary folder Ray manages for the job):
 # give absolute paths on storage the nodes share, e.g. out=/shared/runs/ppo-0.5b.
 set -euo pipefail
 

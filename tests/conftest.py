@@ -1,4 +1,4 @@
-"""Shared fixtures and helpers: tiny models built locally (no hub, once per test session), a local
+"""Shared fixtures and helpers: tiny models built locally (no hub, built once per test run), a local
 Ray instance per test module, padding garbage for the math tests, and an independent HF reward
 function. Helpers are imported as `from tests.conftest import ...`."""
 

@@ -24,11 +24,11 @@ EXE = Path(sys.executable).with_name("rlhf-dist")
 ITERATIONS, PROMPTS = 6, 16
 
 
-def _actor_pids(session: int, name: str) -> list[int]:
-    """PIDs of this run's Ray actor processes whose title starts with ray::<name> (same session)."""
+def _actor_pids(sid: int, name: str) -> list[int]:
+    """PIDs of this run's Ray actor processes whose title starts with ray::<name> (the run's process session id `sid`)."""
     out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if len(line.split(None, 2)) == 3]
-    return [int(pid) for pid, sid, args in rows if int(sid) == session and args.startswith(f"ray::{name}")]
+    return [int(pid) for pid, row_sid, args in rows if int(row_sid) == sid and args.startswith(f"ray::{name}")]
 
 
 @pytest.mark.parametrize("victim, fault_key", [("RolloutWorker", "faults/rollout_restarts"),
@@ -46,7 +46,7 @@ def test_a_killed_actor_is_replaced_and_the_run_completes(victim, fault_key, ppo
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.2)
         pids = _actor_pids(proc.pid, victim)
-        assert pids, f"no ray::{victim} process in the run's session"
+        assert pids, f"no ray::{victim} process under the run"
         os.kill(pids[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=600)
     finally:

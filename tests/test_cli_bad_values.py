@@ -1,4 +1,4 @@
-"""Bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
+"""43 bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
 line on stderr, exit status 2, no traceback, and nothing written."""
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ CASES = [
     ("task-data", "k=1", "override 'k=1': 'k'=1: must be >= 2"),
     ("label", "k=1", "override 'k=1': 'k'=1: must be >= 2"),
     ("overopt", "bon_n=[0,2]", "override 'bon_n=[0,2]': 'bon_n[0]'=0: must be >= 1"),
+    ("build-model", "size=big", "override 'size=big': 'size': expected one of tiny, small, got 'big'"),
+    ("ppo", "ppo.score_norm=always", "override 'ppo.score_norm=always': 'ppo.score_norm': expected one of none, running, "
+                                     "got 'always'"),
+    ("rm", "optim.schedule=step", "override 'optim.schedule=step': 'optim.schedule': expected one of cosine, linear, constant, "
+                                  "got 'step'"),
+    ("eval", "models.sft=3", "override 'models.sft=3': 'models.sft': expected a string, got 3 (quote it: models.sft='3')"),
+    ("sft", "truncation=cut", "override 'truncation=cut': 'truncation': expected one of middle, skip, error, got 'cut'"),
     ("quickstart", "rank_k=1", "override 'rank_k=1': 'rank_k'=1: must be >= 2"),
     ("quickstart", "ptx_data=corpus", "override 'ptx_data=corpus': 'ptx_data': expected one of demonstrations, pretraining, "
                                       "both, got 'corpus'"),

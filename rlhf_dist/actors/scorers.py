@@ -69,7 +69,7 @@ class ScorerPool:
         seconds = time.perf_counter() - start
         self.faults[self.fault_keys[0]] += 1
         self.faults[self.fault_keys[1]] += seconds
-        print(f"   {self.name} {i} {why}: replaced; its rows are scored again", flush=True)
+        print(f"   {self.name} {i} {why}: replaced in {seconds:.1f} s; its rows are scored again", flush=True)
 
     def shutdown(self) -> None:
         for a in self.actors:
