@@ -114,7 +114,7 @@ class PPOActors:
 
     def fault_metrics(self) -> dict:
         """faults/<role>_restarts and faults/<role>_restart_s so far in the run."""
-        return {**self.rollout.faults, **self.reward.faults, **self.reference.faults}
+        return {**self.rollout.restarts.metrics(), **self.reward.restarts.metrics(), **self.reference.restarts.metrics()}
 
     def shutdown(self) -> None:
         for part in ("learner", "rollout", "reward", "reference"):

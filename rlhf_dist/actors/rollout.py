@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import ray
 
 from rlhf_dist.actors.resources import wait_placed
+from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
 from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
-from rlhf_dist.runtime import RunStopped, vllm_cpu_env
+from rlhf_dist.runtime import vllm_cpu_env
 
 ENGINE_START_TIMEOUT_S = 900.0
 
@@ -75,16 +76,10 @@ class PendingRollout:
 
     def result(self):
         """The Arrow table of all rows, in prompt order: every prompt's samples exactly once."""
-        tables = []
-        for w, args, ref in self.parts:
-            while True:
-                try:
-                    tables.append(ray.get(ref))
-                    break
-                except ray.exceptions.RayActorError as e:
-                    self.group.replace(w, f"lost while sampling ({type(e).__name__})")
-                    ref = self.group.workers[w].generate.remote(*args)
-        return concat(tables)
+        group = self.group
+        return concat([get_replacing(ref, lambda why, w=w: group.replace(w, why + " while sampling"),
+                                     lambda w=w, args=args: group.workers[w].generate.remote(*args))
+                       for w, args, ref in self.parts])
 
 
 class RolloutGroup:
@@ -106,28 +101,20 @@ class RolloutGroup:
         self.workers = [self._start(w) for w in range(num_workers)]
         # Wait until every engine is up (a vLLM start takes ~20 s on CPU, minutes for a large model on GPU).
         wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S, self._asked)
-        self.max_restarts, self.load_weights = max_restarts, None
-        self.faults = {"faults/rollout_restarts": 0, "faults/rollout_restart_s": 0.0}
+        self.restarts, self.load_weights = Restarts("rollout", max_restarts), None
 
     def replace(self, w: int, why: str) -> None:
         """Start a new worker in place of worker `w` and load the current weights into it."""
-        import time
 
-        if self.faults["faults/rollout_restarts"] >= self.max_restarts:
-            raise RunStopped(f"rollout worker {w} {why}; {self.max_restarts} restarts used (rollout.max_restarts): stopping")
-        start = time.perf_counter()
-        try:
-            ray.kill(self.workers[w], no_restart=True)
-        except Exception:  # already gone
-            pass
-        self.workers[w] = self._start(w)
-        wait_placed([self.workers[w].weight_version.remote()], "replacement rollout worker", ENGINE_START_TIMEOUT_S, self._asked)
-        if self.load_weights is not None:
-            self.load_weights(self.workers[w])
-        seconds = time.perf_counter() - start
-        self.faults["faults/rollout_restarts"] += 1
-        self.faults["faults/rollout_restart_s"] += seconds
-        print(f"   rollout worker {w} {why}: replaced and given the current weights in {seconds:.1f} s", flush=True)
+        def start():
+            worker = self._start(w)
+            wait_placed([worker.weight_version.remote()], "replacement rollout worker", ENGINE_START_TIMEOUT_S, self._asked)
+            if self.load_weights is not None:
+                self.load_weights(worker)
+            return worker
+
+        self.workers[w] = self.restarts.replace(self.workers[w], start, f"rollout worker {w}", why,
+                                                "; given the current weights")
 
     def replace_dead(self, why: str) -> list[int]:
         """Replace every worker that no longer answers; their indices."""

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds
-from rlhf_dist.runtime import RunStopped
 
 
 class RewardActor:
@@ -45,10 +45,7 @@ class ScorerPool:
         self._start = lambda: remote.remote(*args)
         self.name = actor_cls.__name__
         self.actors = [self._start() for _ in range(num_actors)]
-        self.max_restarts = max_restarts
-        key = "reward" if "Reward" in self.name else "reference"
-        self.fault_keys = (f"faults/{key}_restarts", f"faults/{key}_restart_s")
-        self.faults = {k: 0 if k.endswith("restarts") else 0.0 for k in self.fault_keys}
+        self.restarts = Restarts("reward" if "Reward" in self.name else "reference", max_restarts)
 
     def submit(self, method: str, table: pa.Table) -> "_Pending":
         parts = [(i, method, table.slice(lo, hi - lo))
@@ -56,20 +53,8 @@ class ScorerPool:
         return _Pending(self, [(i, m, t, getattr(self.actors[i], m).remote(t)) for i, m, t in parts])
 
     def replace(self, i: int, why: str) -> None:
-        import time
-
-        if self.faults[self.fault_keys[0]] >= self.max_restarts:
-            raise RunStopped(f"{self.name} {i} {why}; {self.max_restarts} restarts used (max_restarts): stopping")
-        start = time.perf_counter()
-        try:
-            ray.kill(self.actors[i], no_restart=True)
-        except Exception:  # already gone
-            pass
-        self.actors[i] = self._start()
-        seconds = time.perf_counter() - start
-        self.faults[self.fault_keys[0]] += 1
-        self.faults[self.fault_keys[1]] += seconds
-        print(f"   {self.name} {i} {why}: replaced in {seconds:.1f} s; its rows are scored again", flush=True)
+        self.actors[i] = self.restarts.replace(self.actors[i], self._start, f"{self.name} {i}", why,
+                                               "; its rows are scored again")
 
     def shutdown(self) -> None:
         for a in self.actors:
@@ -81,15 +66,10 @@ class _Pending:
         self.pool, self.parts = pool, parts  # [(actor index, method, rows, ref)]
 
     def result(self):
-        out = []
-        for i, method, rows, ref in self.parts:
-            while True:
-                try:
-                    out.append(ray.get(ref))
-                    break
-                except ray.exceptions.RayActorError as e:
-                    self.pool.replace(i, f"lost while scoring ({type(e).__name__})")
-                    ref = getattr(self.pool.actors[i], method).remote(rows)
+        pool = self.pool
+        out = [get_replacing(ref, lambda why, i=i: pool.replace(i, why + " while scoring"),
+                             lambda i=i, method=method, rows=rows: getattr(pool.actors[i], method).remote(rows))
+               for i, method, rows, ref in self.parts]
         if isinstance(out[0], np.ndarray):
             return np.concatenate(out)
         return pa.chunked_array(out).combine_chunks()
