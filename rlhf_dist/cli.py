@@ -4,10 +4,12 @@
     rlhf-dist task-data --out DIR [key=value ...]           write a task's data files for a seed
     rlhf-dist build-model --out DIR [key=value ...]         tokenizer + random-init tiny Llama from a task corpus
     rlhf-dist pretrain | sft | rm --out DIR [key=value ...]  train a stage on the DeepSpeed learner group
+    rlhf-dist dpo --out DIR data=DIR init=DIR [ref=DIR]     DPO from comparisons on the learner group
     rlhf-dist label --out DIR policy=DIR data=DIR           the labeler ranks K samples of a policy per prompt
     rlhf-dist ppo --config FILE [key=value ...]             PPO(-ptx) on Ray: rollout, reward, reference, learner
     rlhf-dist eval --out DIR models.sft=DIR models.ppo=DIR ...  gold win rate, KL, proxy, alignment tax of model folders
     rlhf-dist overopt --out DIR sft=DIR reward_model=DIR data=DIR   gold/proxy vs sqrt(KL): PPO and best-of-n
+    rlhf-dist compare --config configs/compare.yaml [--out DIR]  RL methods from one SFT model and RM, evaluated together
     rlhf-dist report --out DIR                              report.html for a run folder
     rlhf-dist version
 
@@ -31,9 +33,11 @@ COMMANDS = {
     "pretrain": ("rlhf_dist.recipes.stages:pretrain_main", "train the base LM on a corpus (learner group, DeepSpeed)"),
     "sft": ("rlhf_dist.recipes.stages:sft_main", "supervised fine-tuning on demonstrations (response tokens only)"),
     "rm": ("rlhf_dist.recipes.stages:rm_main", "reward model on K-way rankings (all C(K,2) pairs per prompt)"),
+    "dpo": ("rlhf_dist.recipes.stages:dpo_main", "DPO on comparisons: the policy from init against a frozen ref (learner group)"),
     "label": ("rlhf_dist.recipes.label:main", "the simulated labeler ranks K samples of a policy per prompt (RM data)"),
     "ppo": ("rlhf_dist.recipes.ppo:ppo_main", "PPO(-ptx): vLLM rollout workers, reward/reference actors, DeepSpeed learner"),
     "overopt": ("rlhf_dist.recipes.overopt:main", "over-optimisation study: PPO at several KL coefficients and best-of-n"),
+    "compare": ("rlhf_dist.recipes.compare:main", "methods side by side (PPO, GRPO, RLOO, REINFORCE++, DPO, ...): win rate, gold, cost"),
     "report": ("rlhf_dist.evaluation.report:main", "write report.html for a run folder"),
     "eval": ("rlhf_dist.evaluation.evaluate:main", "gold win rate vs a baseline, gold/proxy scores, KL, RM accuracy, alignment tax"),
 }

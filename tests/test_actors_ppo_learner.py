@@ -389,3 +389,109 @@ def test_entropy_bonus_reaches_the_policy_gradient(ray_local, models, trajectori
     _check_steps("entropy bonus, 1 rank ZeRO-2", steps, ref_stats)
     diff = _max_weight_diff(load_causal_lm(tmp_path / "policy"), ref_policy)
     assert diff < WEIGHT_ATOL, diff
+
+
+@pytest.mark.parametrize("ranks,stage", [(1, 2), (2, 3)])
+def test_reused_forward_step_matches_reference(ray_local, models, trajectories, tmp_path, ranks, stage):
+    """One epoch of one minibatch, one micro-batch per rank: `forward_old(keep=True)` and
+    `ppo_step(reuse_forward=True)` (the update backpropagates through the kept forwards) equal the
+    reference's single step over all rows, and the old log-probs/values its forward."""
+    from rlhf_dist.actors.learner_group import ModelSpec
+    from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
+    from rlhf_dist.buffer import add_columns
+    from rlhf_dist.config.learner import LearnerConfig
+    from rlhf_dist.models import load_causal_lm, load_scalar_model
+
+    data, loss_cfg = trajectories, _loss_cfg(entropy_coef=0.5)
+    step_rows = [list(range(N_ROWS))]
+    old_ref, ref_stats, ref_policy, ref_critic = reference_run(models, data, step_rows, loss_cfg)
+    policy_optim, critic_optim = _optims()
+    cfg = LearnerConfig(num_ranks=ranks, zero_stage=stage, micro_batch_size=N_ROWS // ranks, cpus_per_rank=1)
+    group = PPOLearnerGroup(ModelSpec(models[0], "causal_lm", 0), ModelSpec(models[1], "scalar", 0), cfg,
+                            policy_optim, critic_optim, N_ROWS, 1, data.pad_id, loss_cfg)
+    try:
+        assert group.can_reuse_forward(N_ROWS, epochs=1) and not group.can_reuse_forward(N_ROWS, epochs=2)
+        logp, values, _ = group.forward_old(data.table, keep=True)
+        table = add_columns(data.table, old_logprobs=logp, values=values, advantages=data.advantages,
+                            returns=data.returns)
+        step = group.ppo_step(table, None, reuse_forward=True)
+        with pytest.raises(Exception, match="forward_old\\(keep=True\\)"):  # the kept graphs are used once
+            group.ppo_step(table, None, reuse_forward=True)
+        group.save(tmp_path / "policy", tmp_path / "critic", models[0])
+    finally:
+        group.shutdown()
+    np.testing.assert_allclose(logp.flatten().to_numpy(), torch.cat([o[0] for o in old_ref]).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(values.flatten().to_numpy(), torch.cat([o[2] for o in old_ref]).numpy(), rtol=1e-5, atol=1e-5)
+    assert step["ratio_dev_max"] == 0.0  # the ratio's numerator and denominator are the same forward
+    _check_steps(f"reused forward, {ranks} rank(s) ZeRO-{stage}", [step], ref_stats)
+    assert _max_weight_diff(load_causal_lm(tmp_path / "policy"), ref_policy) < WEIGHT_ATOL
+    assert _max_weight_diff(load_scalar_model(tmp_path / "critic"), ref_critic) < WEIGHT_ATOL
+
+
+def test_critic_free_step_with_kl_loss_matches_reference(ray_local, models, trajectories, tmp_path):
+    """A critic-free estimator's learner (no critic engine at all) with GRPO's KL loss term:
+    loss = token mean of the clipped surrogate + beta * token mean of k3(logp, ref_logp), against
+    the formulas on unpadded rows; 2 ranks ZeRO-2, 2 steps (the second off-policy)."""
+    from rlhf_dist.actors.learner_group import ModelSpec
+    from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
+    from rlhf_dist.algo import lr_multiplier
+    from rlhf_dist.buffer import add_columns
+    from rlhf_dist.config.learner import LearnerConfig
+    from rlhf_dist.engines.ppo import PPOLossConfig
+    from rlhf_dist.models import load_causal_lm, load_scalar_model
+
+    data, beta, step_rows = trajectories, 0.3, STEP_ROWS[:2]
+    loss_cfg = PPOLossConfig(temperature=TEMPERATURE, clip_eps=0.2, kl_loss_coef=beta, critic=False)
+    rng = np.random.default_rng(3)
+    ref_lp = [rng.normal(-3.0, 1.0, len(r.response_ids)).astype(np.float32) for r in data.rows]
+
+    # the reference: plain PyTorch, one unpadded row at a time
+    policy_optim, _ = _optims()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many tiny per-row ops (see reference_run)
+    policy, critic = load_causal_lm(models[0]).train(), load_scalar_model(models[1])
+    opt = torch.optim.AdamW(policy.parameters(), lr=policy_optim.lr, betas=tuple(policy_optim.betas), eps=policy_optim.eps,
+                            weight_decay=policy_optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, len(step_rows), policy_optim.warmup_steps,
+                                                                           policy_optim.schedule, policy_optim.min_lr_ratio))
+    with torch.no_grad():
+        old = [_row_forward(policy, critic, r.prompt_ids, r.response_ids)[0] for r in data.rows]
+    ref_stats = []
+    for idx in step_rows:
+        n = sum(len(data.rows[i].response_ids) for i in idx)
+        pg = kl = torch.zeros(())
+        for i in idx:
+            r = data.rows[i]
+            logp = _row_forward(policy, critic, r.prompt_ids, r.response_ids)[0]
+            A, d = torch.from_numpy(data.advantages[i]), torch.from_numpy(ref_lp[i]) - logp
+            ratio = torch.exp(logp - old[i])
+            pg = pg + torch.maximum(-A * ratio, -A * torch.clamp(ratio, 0.8, 1.2)).sum()
+            kl = kl + (torch.exp(d) - d - 1).sum()
+        opt.zero_grad()
+        (pg / n + beta * kl / n).backward()
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), policy_optim.grad_clip).item()
+        opt.step()
+        sched.step()
+        ref_stats.append({"pg": pg.item() / n, "kl": kl.item() / n, "norm": norm})
+    torch.set_num_threads(threads)
+
+    cfg = LearnerConfig(num_ranks=2, zero_stage=2, micro_batch_size=2, cpus_per_rank=1)
+    group = PPOLearnerGroup(ModelSpec(models[0], "causal_lm", 0), None, cfg, policy_optim, _optims()[1], MINIBATCH,
+                            len(step_rows), data.pad_id, loss_cfg)
+    try:
+        assert group.info[0]["critic_params"] == 0
+        logp, values, _ = group.forward_old(data.table)
+        assert values is None
+        table = add_columns(data.table, old_logprobs=logp, advantages=data.advantages, ref_logprobs=ref_lp)
+        steps = [group.ppo_step(table.take(idx), None) for idx in step_rows]
+        group.save(tmp_path / "policy", tmp_path / "critic", models[0])
+    finally:
+        group.shutdown()
+    assert not (tmp_path / "critic").exists()
+    for got, ref in zip(steps, ref_stats, strict=True):
+        assert "vf_loss_sum" not in got
+        assert got["pg_loss_sum"] / got["tokens"] == pytest.approx(ref["pg"], **LOSS_TOL)
+        assert got["kl_loss_sum"] / got["tokens"] == pytest.approx(ref["kl"], **LOSS_TOL)
+        assert got["policy_grad_norm_max"] == pytest.approx(ref["norm"], **NORM_TOL)
+    assert ref_stats[1]["kl"] > 0.1  # the KL term is not negligible in the gradient
+    assert _max_weight_diff(load_causal_lm(tmp_path / "policy"), policy.eval()) < WEIGHT_ATOL

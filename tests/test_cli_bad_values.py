@@ -1,4 +1,4 @@
-"""43 bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
+"""49 bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
 line on stderr, exit status 2, no traceback, and nothing written."""
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ CASES = [
     ("ppo", "prompts_per_iteration=0", "override 'prompts_per_iteration=0': 'prompts_per_iteration'=0: must be >= 1"),
     ("ppo", "learner.zero_stage=5", "override 'learner.zero_stage=5': 'learner.zero_stage': expected one of 0, 1, 2, 3, got 5"),
     ("ppo", "learner.dtype=fp16", "override 'learner.dtype=fp16': 'learner.dtype': expected one of fp32, bf16, got 'fp16'"),
-    ("ppo", "reward_source=human", "override 'reward_source=human': 'reward_source': expected one of rm, gold, got 'human'"),
+    ("ppo", "reward_source=human", "override 'reward_source=human': 'reward_source': expected one of rm, fn, rm+fn, gold, "
+                                   "got 'human'"),
+    ("ppo", "reward_source=fn", "config: reward_source=fn needs reward_fn='module:attr' or 'path/to/file.py:attr'"),
+    ("ppo", "reward_fn=my_rewards:score", "config: reward_fn='my_rewards:score' is unused with reward_source=rm: "
+                                          "set reward_source=fn or rm+fn"),
     ("ppo", "ppo.kl_estimator=k9", "override 'ppo.kl_estimator=k9': 'ppo.kl_estimator': expected one of k1, k2, k3, got 'k9'"),
     ("ppo", "truncation=left", "override 'truncation=left': 'truncation': expected one of middle, skip, error, got 'left'"),
     ("ppo", "resume=always", "override 'resume=always': 'resume': expected one of never, auto, got 'always'"),
@@ -38,8 +42,13 @@ CASES = [
     ("ppo", "iterations=1.5", "override 'iterations=1.5': 'iterations': expected int, got 1.5"),
     ("ppo", "ppo.ptx_coef=inf", "override 'ppo.ptx_coef=inf': 'ppo.ptx_coef'=inf: must be a finite number"),
     ("ppo", "max_restarts=-1", "override 'max_restarts=-1': 'max_restarts'=-1: must be >= 0"),
-    ("ppo", "rollout.overlap=true", "override 'rollout.overlap=true': 'rollout': rollout.overlap=true samples with weights one "
-                                    "version old: set rollout.max_staleness >= 1"),
+    ("ppo", "rollout.max_staleness=-1", "override 'rollout.max_staleness=-1': 'rollout.max_staleness'=-1: must be >= 0"),
+    ("ppo", "ppo.advantage=grpo", "config: ppo.advantage=grpo compares the responses to one prompt: set "
+                                  "rollout.samples_per_prompt >= 2"),
+    ("ppo", "ppo.advantage=ppo", "override 'ppo.advantage=ppo': 'ppo.advantage': expected one of gae, grpo, grpo_mean, rloo, "
+                                 "reinforce_pp, got 'ppo'"),
+    ("ppo", "ppo.kl_penalty=both", "override 'ppo.kl_penalty=both': 'ppo.kl_penalty': expected one of reward, loss, got 'both'"),
+    ("ppo", "ppo.is_cap=0.5", "override 'ppo.is_cap=0.5': 'ppo.is_cap'=0.5: must be >= 1"),
     ("sft", "epochs=0", "override 'epochs=0': 'epochs'=0.0: must be > 0"),
     ("sft", "eval_fraction=1.5", "override 'eval_fraction=1.5': 'eval_fraction'=1.5: must be < 1"),
     ("sft", "learner.micro_batch_size=0", "override 'learner.micro_batch_size=0': 'learner.micro_batch_size'=0: must be >= 1"),

@@ -14,6 +14,7 @@ from rlhf_dist.data import (
     TokenizedComparison,
     collate_comparisons,
     collate_lm,
+    pack_lm,
     collate_sft,
     lm_token_count,
     ranked_prompt_count,
@@ -146,3 +147,52 @@ def test_empty_batches_raise():
     for fn in (collate_sft, collate_lm, collate_comparisons):
         with pytest.raises(ValueError, match="empty batch"):
             fn([], PAD)
+
+
+def test_pack_lm_layout():
+    out = pack_lm([[BOS, 11, EOS], [BOS, 12, 13, 14, EOS], [BOS, EOS]], pad_id=PAD)
+    # rows of 5 (the longest), first-fit in decreasing length: [5 tokens], [3 + 2 tokens]
+    assert out["attention_mask"] is None
+    assert torch.equal(out["input_ids"], T([[BOS, 12, 13, 14, EOS], [BOS, 11, EOS, BOS, EOS]]))
+    assert torch.equal(out["position_ids"], T([[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]))
+    assert torch.equal(out["labels"][0, :4], T([12, 13, 14, EOS]))
+    assert torch.equal(out["labels"][1, [0, 1, 3]], T([11, EOS, EOS]))
+    assert torch.equal(out["loss_mask"], T([[1, 1, 1, 1, 0], [1, 1, 0, 1, 0]], torch.bool))
+    padded = pack_lm([[BOS, 11, EOS], [BOS, 12, EOS]], pad_id=PAD, row_len=8)
+    assert torch.equal(padded["position_ids"], T([[0, 1, 2, 0, 1, 2, 0, 1]]))  # the padding tail: its own segment
+    assert int(padded["loss_mask"].sum()) == lm_token_count([[BOS, 11, EOS], [BOS, 12, EOS]])
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_lm([[BOS, 11, 12, EOS]], pad_id=PAD, row_len=3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pack_lm_logits_equal_each_sequence_alone(tiny_model_dir, seed):
+    """transformers' block-diagonal mask from restarting position ids: every packed token's logits
+    equal those of its sequence forwarded alone (batch 1, no padding), and the NLL sum equals the
+    padded `collate_lm` batch's."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rng = random.Random(seed)
+    V = model.config.vocab_size
+    seqs = [[BOS] + [rng.randrange(3, V) for _ in range(rng.randint(0, 30))] for _ in range(rng.randint(5, 12))]
+    packed = pack_lm(seqs, PAD, row_len=rng.choice([None, 48]))
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], attention_mask=None, position_ids=packed["position_ids"],
+                       use_cache=False).logits
+        seen = 0
+        for r in range(logits.shape[0]):
+            starts = (packed["position_ids"][r] == 0).nonzero().flatten().tolist() + [logits.shape[1]]
+            for a, b in zip(starts, starts[1:]):
+                ids = packed["input_ids"][r, a:b]
+                if packed["loss_mask"][r, a:b].any() or (ids != PAD).all():  # a real sequence, not the padding tail
+                    alone = model(input_ids=ids[None], use_cache=False).logits[0]
+                    torch.testing.assert_close(logits[r, a:b], alone, atol=1e-5, rtol=1e-5)
+                    seen += 1
+        assert seen == len(seqs)
+        padded = collate_lm(seqs, PAD)
+        padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                              position_ids=padded["position_ids"], use_cache=False).logits
+        nll_packed = (lm_loss(logits, packed["labels"], packed["loss_mask"])).sum()
+        nll_padded = (lm_loss(padded_logits, padded["labels"], padded["loss_mask"])).sum()
+    torch.testing.assert_close(nll_packed, nll_padded, atol=1e-4, rtol=1e-5)

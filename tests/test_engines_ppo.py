@@ -47,8 +47,17 @@ def test_every_loss_field_but_temperature_is_an_algo_field():
     # the derivation goes by name: a loss field missing from PPOAlgoConfig would silently keep its default
     algo_fields = {f.name for f in dataclasses.fields(PPOAlgoConfig)}
     loss_fields = {f.name for f in dataclasses.fields(PPOLossConfig)}
-    assert loss_fields - algo_fields == {"temperature"}
-    assert loss_fields == {"temperature", "clip_eps", "clip_eps_high", "value_clip", "vf_coef", "entropy_coef", "ptx_coef"}
+    derived = {"temperature", "kl_loss_coef", "critic"}  # from the rollout config / kl_coef + kl_penalty / advantage
+    assert loss_fields - algo_fields == derived
+    assert loss_fields == derived | {"clip_eps", "clip_eps_high", "value_clip", "vf_coef", "entropy_coef", "ptx_coef"}
+
+
+@pytest.mark.parametrize("advantage, kl_penalty, critic, kl_loss_coef", [
+    ("gae", "reward", True, 0.0), ("gae", "loss", True, 0.07), ("grpo", "loss", False, 0.07), ("rloo", "reward", False, 0.0)])
+def test_loss_config_derives_the_kl_term_and_the_critic(advantage, kl_penalty, critic, kl_loss_coef):
+    algo = PPOAlgoConfig(advantage=advantage, kl_penalty=kl_penalty, kl_coef=0.07)
+    got = PPOLossConfig.from_config(algo, temperature=1.0, ptx=False)
+    assert (got.critic, got.kl_loss_coef) == (critic, kl_loss_coef)
 
 
 # ----------------------------------------------------------------------------- learner_metrics

@@ -153,6 +153,28 @@ class LearnerWorker:
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag)
 
+    def frozen_sequence_logprobs(self, path: str, items: Sequence, pad_id: int, micro_batch_size: int,
+                                 dtype: str) -> list[tuple[float, ...]]:
+        """Per item, log pi(y|x) of each response under the frozen causal LM at `path` (DPO's
+        reference pass): a plain forward of a full copy on this rank, released afterwards."""
+        import gc
+
+        import torch
+
+        from rlhf_dist.engines.objectives import frozen_sequence_logprobs
+        from rlhf_dist.engines.scoring import DTYPES, default_device
+        from rlhf_dist.models import load_causal_lm
+
+        device = default_device()
+        model = load_causal_lm(path, dtype=DTYPES[dtype]).to(device)
+        try:
+            return frozen_sequence_logprobs(model, items, pad_id, micro_batch_size, device)
+        finally:
+            del model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
     def load_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.load_checkpoint(directory, tag)
 
@@ -276,6 +298,28 @@ class LearnerGroup:
         for w in self.workers:
             ray.kill(w)
         remove_placement_group(self.pg)
+
+
+class ReferenceRanks(LearnerGroup):
+    """`cfg.num_ranks` actors placed as the learner ranks are (same bundles), with no process group,
+    engine or optimizer: one forward pass of a frozen model over many items, e.g. DPO's reference
+    log-probs, computed once before the learner group starts (Rafailov et al. 2023, section 4: the
+    reference is fixed). Each rank holds a full copy of the frozen model for the pass."""
+
+    def __init__(self, cfg: LearnerConfig) -> None:
+        self.cfg = cfg
+        self.workers = self._spawn(LearnerWorker, cfg)
+
+    def sequence_logprobs(self, path: str | Path, items: Sequence, pad_id: int) -> list[tuple[float, ...]]:
+        """Per item (TokenizedComparison), the tuple of log pi(y|x) of its responses under the causal
+        LM at `path`, in the items' order; rank r takes items r, r + n, ... (near-equal shards)."""
+        n = len(self.workers)
+        calls = [w.frozen_sequence_logprobs.remote(str(path), list(items[r::n]), pad_id, self.cfg.micro_batch_size, self.cfg.dtype)
+                 for r, w in enumerate(self.workers)]
+        out: list = [None] * len(items)
+        for r, result in enumerate(self._get(calls)):
+            out[r::n] = result
+        return out
 
 
 def _sum_over_ranks(results: list[dict]) -> dict:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import ray
 
 from rlhf_dist.actors.learner_group import ModelSpec
@@ -18,8 +18,10 @@ from rlhf_dist.actors.rollout import RolloutGroup
 from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
 from rlhf_dist.buffer import add_columns
 from rlhf_dist.config.ppo import PPOConfig
+from rlhf_dist.data import prompt_text
 from rlhf_dist.data.ppo_data import PPOData
 from rlhf_dist.engines.ppo import PPOLossConfig
+from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
 from rlhf_dist.runtime import ensure_ray
 
 
@@ -39,35 +41,53 @@ class PPOActors:
 
     def __init__(self, cfg: PPOConfig, data: PPOData) -> None:
         self.cfg, self.data = cfg, data
+        self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-batch")
         ensure_ray(cfg.ray_address)
         check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
         r, p = cfg.rollout, cfg.ppo
         rows = cfg.prompts_per_iteration * r.samples_per_prompt
         self.minibatches_per_epoch = rows // p.minibatch_size
         self.ptx_per_minibatch = round(p.ptx_ratio * p.minibatch_size) if data.ptx else 0
+        # The reward of reward_source: RM weights only for rm / rm+fn; a function spec is loaded here
+        # first, so a bad one stops the run in one line before any actor starts.
+        rm_path = data.reward_model if cfg.reward_source in ("rm", "rm+fn") else ""
+        fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
+        gold_task = cfg.task if cfg.reward_source == "gold" else ""
+        if fn_spec:
+            load_reward_fn(fn_spec)
         start = time.perf_counter()
         max_len = cfg.max_prompt_len + r.max_new_tokens + 8
         self.rollout = RolloutGroup(data.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
-                                    max_restarts=cfg.max_restarts)
+                                    max_restarts=cfg.max_restarts, wait=False)  # the engines start while the rest does
+        self.reward_reads_text = bool(fn_spec or gold_task)
+        self.reward_desc = " + ".join(  # for the start-up line
+            (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])
+            + ([f"reward function gold scorer of {gold_task}"] if gold_task else []))
         self.reward = ScorerPool(RewardActor, cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor,
-                                 data.reward_model, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype,
-                                 max_restarts=cfg.max_restarts)
+                                 rm_path, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype, fn_spec, gold_task,
+                                 data.sft, max_restarts=cfg.max_restarts)
         self.reference = ScorerPool(ReferenceActor, cfg.reference.num_actors, cfg.reference.cpus_per_actor,
                                     cfg.reference.gpus_per_actor, data.sft, data.pad_id, r.temperature,
                                     cfg.reference.micro_batch_size, cfg.reference.dtype, max_restarts=cfg.max_restarts)
         total_steps = cfg.iterations * p.epochs * self.minibatches_per_epoch
-        self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), ModelSpec(data.critic, "scalar", cfg.seed),
+        critic = ModelSpec(data.critic, "scalar", cfg.seed) if p.advantage == "gae" else None  # critic-free: no engine
+        if critic is not None and not data.critic:
+            raise ValueError("ppo.advantage=gae trains a critic: give its start with critic=DIR or reward_model=DIR")
+        self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), critic,
                                        cfg.learner, cfg.optim, cfg.critic_optim, p.minibatch_size, total_steps, data.pad_id,
                                        PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx)))
+        self.rollout.wait_ready()
         # A replaced rollout worker gets the learner's current weights (the version is checked on arrival).
         self.version = 0
         self.rollout.load_weights = lambda worker: self.learner.push_weights(
             [worker], self.version, r.weight_transport, r.bucket_mb * 2**20)
         info = self.learner.info[0]
-        print(f"   {r.num_workers} rollout worker(s), {cfg.reward.num_actors} reward + {cfg.reference.num_actors} reference actor(s), "
-              f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} + critic "
-              f"{info['critic_params']:,} parameters); {rows} responses/iteration in {self.minibatches_per_epoch} minibatch(es) "
+        critic_text = f"critic {info['critic_params']:,} parameters" if critic else f"no critic (ppo.advantage={p.advantage})"
+        print(f"   {r.num_workers} rollout worker(s), {cfg.reward.num_actors} reward actor(s) "
+              f"({getattr(self, 'reward_desc', 'reward model')}) + {cfg.reference.num_actors} reference actor(s), "
+              f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} parameters "
+              f"+ {critic_text}); {rows} responses/iteration in {self.minibatches_per_epoch} minibatch(es) "
               f"of {p.minibatch_size} = {cfg.learner.micro_batch_size} x {self.learner.grad_accum} accum x {cfg.learner.num_ranks} ranks"
               f"{f', + {self.ptx_per_minibatch} ptx sequences each' if self.ptx_per_minibatch else ''}; "
               f"set-up {time.perf_counter() - start:.1f} s", flush=True)
@@ -88,15 +108,30 @@ class PPOActors:
         n, r = len(prompt_ids), self.cfg.rollout
         return self.rollout.generate(prompt_ids, list(range(n)), [0] * n, r.max_new_tokens, r.temperature, seed=seed)
 
-    def score(self, table, scores: list[float] | None = None):
-        """`table` with the columns `score` (the RM's, or the given ones: reward_source=gold) and
-        `ref_logprobs`; the reward and reference actors run in parallel."""
+    def score(self, table):
+        """`table` with the columns `score` (reward_source's: the RM's, the reward function's, or
+        their sum) and `ref_logprobs`; the reward and reference actors run in parallel."""
         ref = self.reference.submit("logprobs", table)
-        if scores is not None:
-            score = np.asarray(scores, dtype=np.float32)
-        else:
+        if not self.reward_reads_text:
             score = self.reward.submit("score", table).result()
+        else:  # a function reads each prompt as written, not as its possibly truncated token ids
+            texts = [prompt_text(self.data.prompts[i]) for i in table.column("prompt_id").to_pylist()]
+            score = self.reward.submit("score", table, texts).result()
         return add_columns(table, score=score, ref_logprobs=ref.result())
+
+    def rollout_batch(self, prompt_indices: list[int], iteration: int) -> Future:
+        """Sample the prompts and score the samples, in a background thread, so that with
+        `rollout.overlap` the next batch goes through both while the learner trains. The future's
+        result: (the scored Arrow table, {"time/sample_s": ..., "time/score_s": ...})."""
+
+        def run():
+            t0 = time.perf_counter()
+            table = self.sample(prompt_indices, iteration).result()
+            t1 = time.perf_counter()
+            table = self.score(table)
+            return table, {"time/sample_s": t1 - t0, "time/score_s": time.perf_counter() - t1}
+
+        return self._batches.submit(run)
 
     def push_weights(self, version: int) -> dict:
         """The learner's policy weights to every rollout worker, stamped `version`; a worker lost
@@ -117,6 +152,7 @@ class PPOActors:
         return {**self.rollout.restarts.metrics(), **self.reward.restarts.metrics(), **self.reference.restarts.metrics()}
 
     def shutdown(self) -> None:
+        self._batches.shutdown(wait=False, cancel_futures=True)
         for part in ("learner", "rollout", "reward", "reference"):
             if hasattr(self, part):
                 getattr(self, part).shutdown()

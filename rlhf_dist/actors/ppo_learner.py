@@ -25,7 +25,7 @@ from rlhf_dist.engines.ppo import PPOLossConfig
 class PPOLearnerWorker(LearnerWorker):
     """One rank: policy + critic engines; forward passes, PPO micro-steps, weight push."""
 
-    def setup_ppo(self, master_addr: str, master_port: int, policy: ModelSpec, critic: ModelSpec, cfg: LearnerConfig,
+    def setup_ppo(self, master_addr: str, master_port: int, policy: ModelSpec, critic: ModelSpec | None, cfg: LearnerConfig,
                   policy_optim: OptimConfig, critic_optim: OptimConfig, minibatch_size: int, total_steps: int,
                   pad_id: int, loss_cfg: PPOLossConfig) -> dict:
         import torch
@@ -36,45 +36,71 @@ class PPOLearnerWorker(LearnerWorker):
         torch.manual_seed(policy.seed)
         self.pad_id, self.loss_cfg = pad_id, loss_cfg
         self.policy = TrainEngine(load_model(policy), cfg, policy_optim, minibatch_size, total_steps)
-        self.critic = TrainEngine(load_model(critic), cfg, critic_optim, minibatch_size, total_steps)
+        # critic None: a critic-free estimator (ppo.advantage), no second engine at all
+        self.critic = TrainEngine(load_model(critic), cfg, critic_optim, minibatch_size, total_steps) if critic else None
         self.sync = None
         return {"rank": self.rank, "backend": backend, "grad_accum": self.policy.grad_accum,
                 "policy_params": sum(p.numel() for p in self.policy.model.parameters()),
-                "critic_params": sum(p.numel() for p in self.critic.model.parameters())}
+                "critic_params": sum(p.numel() for p in self.critic.model.parameters()) if self.critic else 0}
 
-    def forward_old(self, micro_tables: Sequence[pa.Table], n_padding: int = 0):
+    def _engines(self):
+        return [e for e in (self.policy, self.critic) if e is not None]
+
+    def peak_memory_mb(self) -> float:
+        """Peak resident memory of this rank's process (MiB; ru_maxrss), or peak CUDA memory on a GPU."""
+        import resource
+
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def forward_old(self, micro_tables: Sequence[pa.Table], n_padding: int = 0, keep: bool = False):
         """(old log-probs, values, entropy) list arrays of the real micro-batches; the last
-        `n_padding` ones only keep ZeRO-3's collective forwards in step across ranks."""
-        from rlhf_dist.engines.ppo import old_logprobs_and_values
+        `n_padding` ones only keep ZeRO-3's collective forwards in step across ranks. `keep`: the
+        forwards' graphs are kept for the next `ppo_step(..., reuse_forward=True)` (engines.ppo.kept_forwards)."""
+        from rlhf_dist.engines.ppo import kept_forwards, old_logprobs_and_values
 
-        self.policy.engine.eval()
-        self.critic.engine.eval()
+        self.kept = None
+        critic = self.critic.engine if self.critic else None
+        for e in self._engines():
+            e.engine.train() if keep else e.engine.eval()
+        if keep:
+            out, self.kept = kept_forwards(self.policy.engine, critic, micro_tables, self.pad_id, self.loss_cfg,
+                                           self.policy.device)
+            return out
         real = len(micro_tables) - n_padding
-        out = old_logprobs_and_values(self.policy.engine, self.critic.engine, micro_tables[:real], self.pad_id,
+        out = old_logprobs_and_values(self.policy.engine, critic, micro_tables[:real], self.pad_id,
                                       self.loss_cfg.temperature, self.policy.device) if real else None
         if n_padding:
-            old_logprobs_and_values(self.policy.engine, self.critic.engine, micro_tables[real:], self.pad_id,
+            old_logprobs_and_values(self.policy.engine, critic, micro_tables[real:], self.pad_id,
                                     self.loss_cfg.temperature, self.policy.device)
         return out
 
     def ppo_step(self, micro_tables: Sequence[pa.Table], ptx_micro_items: Sequence[Sequence] | None,
-                 token_normalizer: float, ptx_normalizer: float) -> dict:
-        """One optimizer step of the policy and of the critic over this rank's micro-batches."""
-        from rlhf_dist.data.collate import collate_lm
+                 token_normalizer: float, ptx_normalizer: float, reuse_forward: bool = False) -> dict:
+        """One optimizer step of the policy and of the critic over this rank's micro-batches
+        (with `reuse_forward`, the same rows `forward_old(keep=True)` forwarded, in that order)."""
+        from rlhf_dist.data.collate import pack_lm
         from rlhf_dist.engines.ppo import ppo_micro_step, sum_stats
 
-        self.policy.engine.train()
-        self.critic.engine.train()
-        lrs = self.policy.lr(), self.critic.lr()  # the rates this step uses (read before the scheduler steps)
+        for e in self._engines():
+            e.engine.train()
+        lrs = self.policy.lr(), (self.critic.lr() if self.critic else 0.0)  # the rates this step uses (read before the scheduler steps)
+        kept, self.kept = (getattr(self, "kept", None) if reuse_forward else None), None
+        if reuse_forward and (kept is None or len(kept) != len(micro_tables)):
+            raise RuntimeError("ppo_step(reuse_forward=True) needs forward_old(keep=True) on the same micro-batches first")
         parts = []
         for i, table in enumerate(micro_tables):
-            ptx = collate_lm(ptx_micro_items[i], self.pad_id) if ptx_micro_items else None
+            ptx = pack_lm(ptx_micro_items[i], self.pad_id) if ptx_micro_items else None
             parts.append(ppo_micro_step(self.policy, self.critic, table, ptx, self.pad_id, token_normalizer,
-                                        ptx_normalizer, self.loss_cfg, self.policy.device))
+                                        ptx_normalizer, self.loss_cfg, self.policy.device,
+                                        forwards=kept[i] if kept else None))
         stats = sum_stats(parts)
         stats["policy_lr_max"], stats["critic_lr_max"] = lrs
         for name, engine in (("policy", self.policy), ("critic", self.critic)):
-            norm = engine.grad_norm()
+            norm = engine.grad_norm() if engine is not None else None
             if norm is not None:
                 stats[f"{name}_grad_norm_max"] = norm
         return stats
@@ -114,20 +140,22 @@ class PPOLearnerWorker(LearnerWorker):
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.policy.save_checkpoint(f"{directory}/policy", tag)
-        self.critic.save_checkpoint(f"{directory}/critic", tag)
+        if self.critic:
+            self.critic.save_checkpoint(f"{directory}/critic", tag)
 
     def load_checkpoint(self, directory: str, tag: str) -> None:
         self.policy.load_checkpoint(f"{directory}/policy", tag)
-        self.critic.load_checkpoint(f"{directory}/critic", tag)
+        if self.critic:
+            self.critic.load_checkpoint(f"{directory}/critic", tag)
 
 
 class PPOLearnerGroup(LearnerGroup):
     """M PPO ranks. `minibatch_size` trajectories (all ranks together) make one optimizer step."""
 
-    def __init__(self, policy: ModelSpec, critic: ModelSpec, cfg: LearnerConfig, policy_optim: OptimConfig,
+    def __init__(self, policy: ModelSpec, critic: ModelSpec | None, cfg: LearnerConfig, policy_optim: OptimConfig,
                  critic_optim: OptimConfig, minibatch_size: int, total_steps: int, pad_id: int,
                  loss_cfg: PPOLossConfig) -> None:
-        self.cfg, self.global_batch = cfg, minibatch_size
+        self.cfg, self.global_batch, self.has_critic = cfg, minibatch_size, critic is not None
         self.grad_accum = grad_accum_steps(minibatch_size, cfg.micro_batch_size, cfg.num_ranks)
         self.workers = self._spawn(PPOLearnerWorker, cfg)
         addr, port = self._get(self.workers[0].address.remote())
@@ -138,17 +166,26 @@ class PPOLearnerGroup(LearnerGroup):
         m = self.cfg.micro_batch_size
         return [table.slice(i, min(m, hi - i)) for i in range(lo, hi, m)]
 
-    def forward_old(self, table: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """old log-probs, values and entropy of every row of `table`, in row order."""
+    def can_reuse_forward(self, rows: int, epochs: int) -> bool:
+        """Whether `forward_old(keep=True)` + `ppo_step(reuse_forward=True)` apply: the batch is one
+        minibatch, trained for one epoch, one micro-batch per rank (the kept graphs then hold no more
+        activations than the update's own forward would)."""
+        return epochs == 1 and rows == self.global_batch and self.grad_accum == 1
+
+    def forward_old(self, table: pa.Table, keep: bool = False) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """old log-probs, values and entropy of every row of `table`, in row order; `keep` (see
+        `can_reuse_forward`): the next `ppo_step(table, ..., reuse_forward=True)` reuses these forwards."""
         per_rank = [self._micro_tables(table, lo, hi) for lo, hi in balanced_bounds(table.num_rows, self.cfg.num_ranks)]
         most = max(len(m) for m in per_rank)
-        refs = [w.forward_old.remote(mts + [table.slice(0, 1)] * (most - len(mts)), most - len(mts))
+        refs = [w.forward_old.remote(mts + [table.slice(0, 1)] * (most - len(mts)), most - len(mts), keep)
                 for w, mts in zip(self.workers, per_rank)]
         parts = [p for p in self._get(refs) if p is not None]
-        return tuple(pa.chunked_array([p[k] for p in parts]).combine_chunks() for k in range(3))
+        return tuple(None if parts[0][k] is None else pa.chunked_array([p[k] for p in parts]).combine_chunks()
+                     for k in range(3))
 
-    def ppo_step(self, minibatch: pa.Table, ptx_items: Sequence | None) -> dict:
-        """One optimizer step on a minibatch of exactly `minibatch_size` rows (+ its ptx sequences)."""
+    def ppo_step(self, minibatch: pa.Table, ptx_items: Sequence | None, reuse_forward: bool = False) -> dict:
+        """One optimizer step on a minibatch of exactly `minibatch_size` rows (+ its ptx sequences);
+        `reuse_forward`: the rows of the last `forward_old(keep=True)`, in the same order."""
         from rlhf_dist.algo.losses import global_normalizer
         from rlhf_dist.data.collate import lm_token_count
         from rlhf_dist.engines.ppo import sum_stats
@@ -167,7 +204,7 @@ class PPOLearnerGroup(LearnerGroup):
             ptx_norm = global_normalizer(lm_token_count(ptx_items), ranks, accum)
         share = self.global_batch // ranks
         refs = [w.ppo_step.remote(self._micro_tables(minibatch, r * share, (r + 1) * share),
-                                  ptx_split[r] if ptx_split else None, token_norm, ptx_norm)
+                                  ptx_split[r] if ptx_split else None, token_norm, ptx_norm, reuse_forward)
                 for r, w in enumerate(self.workers)]
         return sum_stats(self._get(refs))
 
@@ -177,5 +214,11 @@ class PPOLearnerGroup(LearnerGroup):
         return results[0]
 
     def save(self, policy_dir, critic_dir, tokenizer_path) -> None:
+        """The policy (and the critic, when there is one) as HF folders."""
         self._get([w.save_model.remote(str(policy_dir), str(tokenizer_path), "policy") for w in self.workers])
-        self._get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
+        if self.has_critic:
+            self._get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
+
+    def peak_memory_mb(self) -> list[float]:
+        """Each rank's peak memory so far (MiB)."""
+        return self._get([w.peak_memory_mb.remote() for w in self.workers])

@@ -92,16 +92,21 @@ class RolloutGroup:
 
     def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
                  num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, max_restarts: int = 3) -> None:
+                 gpu_memory_utilization: float = 0.85, max_restarts: int = 3, wait: bool = True) -> None:
         actor = ray.remote(RolloutWorker).options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
                                                   runtime_env={"env_vars": rollout_env()})
         self._start = lambda w: actor.remote(model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size,
                                              gpu_memory_utilization)
         self._asked = f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU"
         self.workers = [self._start(w) for w in range(num_workers)]
-        # Wait until every engine is up (a vLLM start takes ~20 s on CPU, minutes for a large model on GPU).
-        wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S, self._asked)
         self.restarts, self.load_weights = Restarts("rollout", max_restarts), None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until every engine is up (a vLLM start takes ~20 s on CPU, minutes for a large model on
+        GPU); `wait=False` lets the owner start other actors meanwhile."""
+        wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S, self._asked)
 
     def replace(self, w: int, why: str) -> None:
         """Start a new worker in place of worker `w` and load the current weights into it."""

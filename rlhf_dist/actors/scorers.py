@@ -1,6 +1,7 @@
-"""The frozen models of PPO as Ray actors: reward actor(s) (the RM) and reference actor(s) (the
-SFT policy). Thin shells around rlhf_dist.engines.scoring; a `ScorerPool` spreads the rows of a
-trajectory table over its actors and puts the results back in row order."""
+"""The frozen scorers of PPO as Ray actors: reward actor(s) (the RM and/or a reward function) and
+reference actor(s) (the SFT policy). Thin shells around rlhf_dist.engines.scoring and
+rlhf_dist.engines.reward_fn; a `ScorerPool` spreads the rows of a trajectory table over its actors
+and puts the results back in row order."""
 
 from __future__ import annotations
 
@@ -10,16 +11,36 @@ import ray
 
 from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds
+from rlhf_dist.engines.reward_fn import RewardFunctionError
 
 
 class RewardActor:
-    def __init__(self, path: str, pad_id: int, micro_batch_size: int, dtype: str) -> None:
-        from rlhf_dist.engines.scoring import RewardEngine
+    """The reward of `reward_source`: the RM's score (`path`), a reward function's (`reward_fn`
+    spec, or the gold scorer of `gold_task`; responses decoded with the tokenizer of `tokenizer`),
+    or their sum. Only what the source uses is loaded: no RM weights without `path`."""
 
-        self.engine = RewardEngine(path, pad_id, micro_batch_size, dtype)
+    def __init__(self, path: str, pad_id: int, micro_batch_size: int, dtype: str, reward_fn: str = "",
+                 gold_task: str = "", tokenizer: str = "") -> None:
+        self.engine = self.function = None
+        if path:
+            from rlhf_dist.engines.scoring import RewardEngine
 
-    def score(self, table: pa.Table) -> np.ndarray:
-        return self.engine.score(table)
+            self.engine = RewardEngine(path, pad_id, micro_batch_size, dtype)
+        if reward_fn or gold_task:
+            from rlhf_dist.engines.reward_fn import RewardFunction
+            from rlhf_dist.models import load_tokenizer
+
+            tok = load_tokenizer(tokenizer)
+            self.function = RewardFunction.from_spec(reward_fn, tok) if reward_fn else RewardFunction.gold(gold_task, tok)
+
+    def score(self, table: pa.Table, prompts: list[str] | None = None) -> np.ndarray:
+        """(B,) float32 rewards; `prompts`: the rows' prompt texts for the function (else decoded)."""
+        parts = []
+        if self.engine is not None:
+            parts.append(self.engine.score(table))
+        if self.function is not None:
+            parts.append(self.function.score(table, prompts))
+        return parts[0] if len(parts) == 1 else (parts[0] + parts[1]).astype(np.float32)
 
 
 class ReferenceActor:
@@ -34,7 +55,8 @@ class ReferenceActor:
 
 class ScorerPool:
     """`num_actors` copies of one scorer; `submit(method, table)` returns a handle whose `result()`
-    is the method's output for all rows in order (so reward and reference run in parallel).
+    is the method's output for all rows in order (so reward and reference run in parallel);
+    `submit(method, table, texts)` also passes each actor its rows' share of `texts` (one per row).
 
     An actor that dies is replaced (at most `max_restarts` times in a run) and its rows are scored
     again: a row never gets a made-up score."""
@@ -47,10 +69,10 @@ class ScorerPool:
         self.actors = [self._start() for _ in range(num_actors)]
         self.restarts = Restarts("reward" if "Reward" in self.name else "reference", max_restarts)
 
-    def submit(self, method: str, table: pa.Table) -> "_Pending":
-        parts = [(i, method, table.slice(lo, hi - lo))
+    def submit(self, method: str, table: pa.Table, texts: list[str] | None = None) -> "_Pending":
+        parts = [(i, method, (table.slice(lo, hi - lo),) + (() if texts is None else (texts[lo:hi],)))
                  for i, (lo, hi) in enumerate(balanced_bounds(table.num_rows, len(self.actors))) if hi > lo]
-        return _Pending(self, [(i, m, t, getattr(self.actors[i], m).remote(t)) for i, m, t in parts])
+        return _Pending(self, [(i, m, a, getattr(self.actors[i], m).remote(*a)) for i, m, a in parts])
 
     def replace(self, i: int, why: str) -> None:
         self.actors[i] = self.restarts.replace(self.actors[i], self._start, f"{self.name} {i}", why,
@@ -63,13 +85,18 @@ class ScorerPool:
 
 class _Pending:
     def __init__(self, pool: ScorerPool, parts: list) -> None:
-        self.pool, self.parts = pool, parts  # [(actor index, method, rows, ref)]
+        self.pool, self.parts = pool, parts  # [(actor index, method, (rows[, texts]), ref)]
 
     def result(self):
         pool = self.pool
-        out = [get_replacing(ref, lambda why, i=i: pool.replace(i, why + " while scoring"),
-                             lambda i=i, method=method, rows=rows: getattr(pool.actors[i], method).remote(rows))
-               for i, method, rows, ref in self.parts]
+        try:
+            out = [get_replacing(ref, lambda why, i=i: pool.replace(i, why + " while scoring"),
+                                 lambda i=i, method=method, args=args: getattr(pool.actors[i], method).remote(*args))
+                   for i, method, args, ref in self.parts]
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, RewardFunctionError):  # the user's function, not the actor: its one line, no retry
+                raise e.cause from None
+            raise
         if isinstance(out[0], np.ndarray):
             return np.concatenate(out)
         return pa.chunked_array(out).combine_chunks()

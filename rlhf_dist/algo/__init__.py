@@ -8,10 +8,21 @@ Conventions (the numbered PPO details are in docs/ppo-details.md):
 """
 
 from rlhf_dist.algo.advantages import PPOTargets, RunningMoments, batch_metrics, explained_variance, ppo_targets
+from rlhf_dist.algo.estimators import (
+    CriticFreeTargets,
+    critic_free_targets,
+    group_advantages,
+    kl_penalty_loss,
+    outcome_token_advantages,
+    reinforce_pp_advantages,
+    returns_to_go,
+)
+from rlhf_dist.algo.dpo import dpo_loss, sequence_logprobs
 from rlhf_dist.algo.gae import gae_advantages
 from rlhf_dist.algo.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
 from rlhf_dist.algo.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf_dist.algo.losses import aggregate_loss, global_normalizer, lm_loss, policy_loss, value_loss
+from rlhf_dist.algo.offpolicy import truncated_is_weights
 from rlhf_dist.algo.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf_dist.algo.ranking import pairwise_accuracy, ranking_loss, ranks_from_ordering
 from rlhf_dist.algo.schedules import lr_multiplier
@@ -23,9 +34,17 @@ __all__ = [
     "batch_metrics",
     "explained_variance",
     "ppo_targets",
+    "CriticFreeTargets",
+    "critic_free_targets",
+    "group_advantages",
+    "kl_penalty_loss",
+    "outcome_token_advantages",
+    "reinforce_pp_advantages",
+    "returns_to_go",
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate_loss",
+    "dpo_loss",
     "entropy_from_logits",
     "gae_advantages",
     "global_normalizer",
@@ -44,6 +63,8 @@ __all__ = [
     "ranking_loss",
     "ranks_from_ordering",
     "response_mask_after_eos",
+    "sequence_logprobs",
     "token_level_rewards",
+    "truncated_is_weights",
     "value_loss",
 ]

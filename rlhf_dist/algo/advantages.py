@@ -117,18 +117,20 @@ class RunningMoments:
         return out if clip is None else out.clamp(-clip, clip)
 
 
-def batch_metrics(raw_score: torch.Tensor, targets: PPOTargets, beta: float, mask: torch.Tensor, has_eos: torch.Tensor,
-                  rollout_logprobs: torch.Tensor, old_logprobs: torch.Tensor, values: torch.Tensor) -> dict[str, float]:
+def batch_metrics(raw_score: torch.Tensor, targets, beta: float, mask: torch.Tensor, has_eos: torch.Tensor,
+                  rollout_logprobs: torch.Tensor, old_logprobs: torch.Tensor, values: torch.Tensor | None) -> dict[str, float]:
     """One rollout batch's metrics, with N+'s names (objective/...).
 
     raw_score, has_eos: (B,) the scorer's output before normalisation, EOS flags; mask,
-    rollout_logprobs (the sampler's), old_logprobs (the learner's), values: (B, T).
+    rollout_logprobs (the sampler's), old_logprobs (the learner's), values: (B, T) (None without a
+    critic). `targets`: `PPOTargets`, or a critic-free estimator's targets (`no_signal_share`: the
+    share of prompts whose responses all scored the same, which carry no gradient).
     `rollout/logprob_gap_*` is |log pi_sampler - log pi_learner| over valid tokens: 0 up to
     numerics when both hold the same weights (docs/ppo-details.md item 37).
     """
     mask = mask.bool()
     gap = (rollout_logprobs - old_logprobs).abs()[mask]
-    return {
+    m = {
         "objective/score": raw_score.float().mean().item(),
         "objective/kl": targets.kl_sum.mean().item(),
         "objective/rlhf_reward": (targets.score - beta * targets.kl_sum).mean().item(),
@@ -137,5 +139,9 @@ def batch_metrics(raw_score: torch.Tensor, targets: PPOTargets, beta: float, mas
         "rollout/eos_rate": has_eos.float().mean().item(),
         "rollout/logprob_gap_mean": gap.mean().item(),
         "rollout/logprob_gap_max": gap.max().item(),
-        "value/explained_variance": explained_variance(values, targets.returns, mask),
     }
+    if values is not None:
+        m["value/explained_variance"] = explained_variance(values, targets.returns, mask)
+    if hasattr(targets, "no_signal_share"):
+        m["objective/no_signal_share"] = targets.no_signal_share
+    return m

@@ -61,6 +61,8 @@ FIELDS = [
     _field("advantages", PER_TOKEN, "learner", "GAE advantage of each response token"),
     _field("returns", PER_TOKEN, "learner", "value target (advantage + value) of each response token"),
     _field("kl", pa.float32(), "learner", "KL(pi || ref) estimate summed over the response"),
+    _field("is_weights", PER_TOKEN, "learner",
+           "truncated importance weight pi_old / pi_behaviour of each token of a row sampled with older weights"),
     # --- store
     _field("iteration", pa.int64(), "store", "PPO iteration that produced the row (added by TrajectoryWriter)"),
 ]

@@ -29,9 +29,10 @@ class RolloutConfig:
     weight_transport: Literal["auto", "object_store", "broadcast"] = param(
         "auto", "learner -> vLLM weights: object_store (CPU) | broadcast (NCCL on GPU, gloo on CPU) | auto")
     bucket_mb: int = param(256, "weight-sync bucket size (MiB)", ge=1)
-    max_staleness: int = param(0, "allowed policy versions between sampling and training (0: on-policy)", ge=0)
-    overlap: bool = param(False, "sample the next batch while the learner trains on this one "
-                                 "(one step off-policy: needs max_staleness >= 1)")
+    max_staleness: int = param(1, "most policy versions a row may lag the learner (checked per row; a row "
+                                  "sampled with older weights stops the run)", ge=0)
+    overlap: bool = param(False, "sample the next batch while the learner trains on this one (rows one version "
+                                 "old, corrected by ppo.is_cap): needs max_staleness >= 1")
 
     def __post_init__(self) -> None:
         if self.top_p != 1.0 or self.top_k not in (-1, 0):
@@ -52,7 +53,13 @@ class ScorerConfig:
 
 @dataclass
 class PPOAlgoConfig:
-    kl_coef: float = param(0.02, "beta of the per-token KL penalty (InstructGPT 0.02, N+ 0.05)", ge=0)
+    advantage: Literal["gae", "grpo", "grpo_mean", "rloo", "reinforce_pp"] = param(
+        "gae", "gae: GAE with a critic (InstructGPT); critic-free, no critic engine: grpo (group mean/std, "
+               "DeepSeekMath), grpo_mean (group mean only, Dr. GRPO), rloo (leave-one-out), reinforce_pp (REINFORCE++)")
+    kl_penalty: Literal["reward", "loss"] = param(
+        "reward", "where KL(pi || SFT) enters: reward (-kl_coef x KL per token, InstructGPT) | loss "
+                  "(kl_coef x k3 estimate added to the policy loss, GRPO)")
+    kl_coef: float = param(0.02, "beta of the KL penalty (InstructGPT 0.02, N+ 0.05)", ge=0)
     kl_target: float | None = param(None, "adaptive beta: target KL per sequence (null: fixed beta)", gt=0)
     kl_horizon: float = param(10000.0, "adaptive beta horizon in episodes (Ziegler et al. 2019)", gt=0)
     kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "KL estimator in the reward (docs/ppo-details.md item 23)")
@@ -65,11 +72,14 @@ class PPOAlgoConfig:
     entropy_coef: float = param(0.0, "entropy bonus (N+: off)", ge=0)
     epochs: int = param(1, "PPO epochs per rollout batch (InstructGPT 1, N+ 4)", ge=1)
     minibatch_size: int = param(32, "trajectories per optimizer step (all ranks)", ge=1)
-    whiten_advantages: bool = param(True, "whiten advantages over the batch's valid tokens")
+    whiten_advantages: bool = param(True, "whiten GAE advantages over the batch's valid tokens (the critic-free "
+                                          "estimators normalise their own)")
     whiten_rewards: bool = param(False, "whiten token rewards, mean kept (docs/ppo-details.md item 25: off)")
     score_norm: Literal["none", "running"] = param("none", "running: normalise RM scores by their running mean/std")
     score_clip: float | None = param(None, "clip normalised scores to +-this (with score_norm=running)", gt=0)
     missing_eos_penalty: float | None = param(1.0, "subtracted from the score of responses with no EOS (null: off)", ge=0)
+    is_cap: float | None = param(2.0, "rows sampled with older weights (rollout.overlap): each token's loss weighted "
+                                      "by min(pi_old / pi_rollout, is_cap) (null: treated as on-policy)", ge=1)
     ptx_coef: float = param(0.0, "gamma of PPO-ptx (InstructGPT 27.8); 0: plain PPO", ge=0)
     ptx_ratio: float = param(8.0, "pretraining sequences per RL episode in each minibatch (InstructGPT 8)", gt=0)
     ptx_max_len: int = param(96, "token budget of a pretraining sequence", ge=2)
@@ -78,16 +88,20 @@ class PPOAlgoConfig:
 @dataclass
 class PPOConfig:
     out: str = param("", "run folder (required)")
-    task: str = param(DEFAULT_TASK, "task whose gold scorer grades samples (monitoring; the reward with reward_source=gold)")
+    task: str = param(DEFAULT_TASK, "task whose gold scorer grades samples (monitoring; the reward function with "
+                                     "reward_source=gold)")
     data: str = param("", "task-data folder (rl_prompts.jsonl, eval_prompts.jsonl, pretrain.jsonl)")
     prompts_file: str = param("", "RL prompts {prompt} (default: data/rl_prompts.jsonl)")
     eval_prompts_file: str = param("", "held-out prompts (default: data/eval_prompts.jsonl)")
     ptx_file: str = param("", "ptx data (default: data/pretrain.jsonl): pretraining texts {text} and/or "
                               "demonstrations {prompt, response}; several files: comma-separated")
     sft: str = param("", "SFT model folder: the policy's start and the frozen reference")
-    reward_model: str = param("", "reward model folder (frozen)")
-    reward_source: Literal["rm", "gold"] = param("rm", "gold: train on the task's hidden gold scorer instead of the RM "
-                                                       "(a rule-based reward: what RL reaches with a perfect RM)")
+    reward_model: str = param("", "reward model folder (frozen; with reward_source=fn or gold only the critic's start)")
+    reward_source: Literal["rm", "fn", "rm+fn", "gold"] = param(
+        "rm", "the reward: rm (the reward model) | fn (reward_fn) | rm+fn (their sum) | gold (the task's hidden gold "
+              "scorer as a reward function: what RL reaches with a perfect RM); fn and gold load no RM")
+    reward_fn: str = param("", "reward function 'module:attr' or 'path/to/file.py:attr', called in the reward actors "
+                               "on a batch: (prompts: list[str], responses: list[str]) -> one float per row")
     critic: str = param("", "critic's start (default: the reward model, InstructGPT C.4)")
     models: str = param("runs/tiny_models", "with sft/reward_model empty: find (or build) them here")
     build_size: Literal["tiny", "small"] = param("tiny", "size of the models built in `models`")
@@ -117,7 +131,24 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError("missing --out DIR")
+        self._check_reward()
+        p = self.ppo
+        if p.advantage in ("grpo", "grpo_mean", "rloo") and self.rollout.samples_per_prompt < 2:
+            raise ValueError(f"ppo.advantage={p.advantage} compares the responses to one prompt: set "
+                             "rollout.samples_per_prompt >= 2")
+        if p.kl_penalty == "loss" and p.kl_target is not None:
+            raise ValueError("ppo.kl_target (adaptive KL coefficient) needs ppo.kl_penalty=reward")
         rows = self.prompts_per_iteration * self.rollout.samples_per_prompt
         if rows % self.ppo.minibatch_size:
             raise ValueError(f"prompts_per_iteration x rollout.samples_per_prompt = {rows} is not divisible by "
                              f"ppo.minibatch_size {self.ppo.minibatch_size}")
+
+    def _check_reward(self) -> None:
+        """The reward settings agree: a function where one is used, and only there. A missing RM
+        folder is found or built in `models`, so `reward_model` may stay empty here."""
+        uses_fn = self.reward_source in ("fn", "rm+fn")
+        if uses_fn and not self.reward_fn.strip():
+            raise ValueError(f"reward_source={self.reward_source} needs reward_fn='module:attr' or 'path/to/file.py:attr'")
+        if not uses_fn and self.reward_fn:
+            raise ValueError(f"reward_fn={self.reward_fn!r} is unused with reward_source={self.reward_source}: "
+                             "set reward_source=fn or rm+fn")

@@ -73,3 +73,14 @@ class RMConfig(StageConfig):
     batch_size: int = 32  # prompts per step; every C(K,2) pair of a prompt in one batch element
     optim: OptimConfig = param(OptimConfig(lr=1e-3, warmup_steps=5, min_lr_ratio=0.1), "optimizer")
     learner: LearnerConfig = param(LearnerConfig(micro_batch_size=8), "learner group")
+
+
+@dataclass
+class DPOConfig(StageConfig):
+    data: str = param("", "task-data folder (comparisons.jsonl, comparisons_heldout.jsonl), the files rm reads")
+    ref: str = param("", "frozen reference policy of the implicit reward (default: init)")
+    beta: float = param(0.1, "KL strength of the implicit reward beta * log(pi / pi_ref) (DPO eq. 7)", gt=0)
+    epochs: float = 1.0
+    batch_size: int = 32  # prompts per step; every C(K,2) pair of a prompt in one batch element, as for rm
+    optim: OptimConfig = param(OptimConfig(lr=3e-4, warmup_steps=5, min_lr_ratio=0.1), "optimizer")
+    learner: LearnerConfig = param(LearnerConfig(micro_batch_size=8), "learner group")

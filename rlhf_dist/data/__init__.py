@@ -4,7 +4,7 @@ batches, and split them into seeded minibatches and per-rank shards.
     load_sft / load_comparisons / load_prompts / load_texts / load_lm_data   (readers.py; DataError on bad files)
     format_prompt, encode_response, tokenize_sft / tokenize_comparisons / tokenize_prompts / tokenize_texts /
     tokenize_demonstrations
-    collate_sft, collate_lm, collate_comparisons, token counts                        (collate.py)
+    collate_sft, collate_lm, pack_lm, collate_comparisons, token counts                        (collate.py)
     minibatches, shard, split_eval, PromptSampler, PtxSampler                        (sampling.py)
 
 Imports torch (and the models layer's padding helpers); pyarrow only when a Parquet file is read.
@@ -14,6 +14,7 @@ Tokenizers are passed in (transformers' PreTrainedTokenizerFast or any object wi
 from rlhf_dist.data.collate import (
     collate_comparisons,
     collate_lm,
+    pack_lm,
     collate_sft,
     lm_token_count,
     ranked_prompt_count,
@@ -59,6 +60,7 @@ __all__ = [
     "TokenizedComparison",
     "collate_comparisons",
     "collate_lm",
+    "pack_lm",
     "collate_sft",
     "encode_response",
     "encode_responses",

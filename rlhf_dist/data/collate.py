@@ -63,6 +63,53 @@ def collate_lm(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Te
     }
 
 
+def pack_lm(seqs: Sequence[Sequence[int]], pad_id: int, row_len: int | None = None) -> dict[str, torch.Tensor | None]:
+    """Pretraining sequences packed into rows without padding between them (padding-free batches).
+
+    -> the `collate_lm` keys with shapes (R, S), S = `row_len` (default: the longest sequence),
+    R rows filled first-fit in decreasing length. `attention_mask` is None: position ids restart
+    at 0 for every sequence, and transformers then builds a block-diagonal causal mask from them
+    (`masking_utils.find_packed_sequence_indices`; only when no attention mask and no KV cache are
+    given), so no token attends to another sequence. The logits of every sequence, and so the loss,
+    are those of `collate_lm` up to float summation order; only the padding (and its compute) goes.
+    Each row's tail of padding is its own segment (positions 0, 1, ...) and carries no loss.
+    """
+    if not seqs:
+        raise ValueError("pack_lm: empty batch")
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("pack_lm: empty sequence")
+    S = row_len or max(len(s) for s in seqs)
+    if max(len(s) for s in seqs) > S:
+        raise ValueError(f"pack_lm: a sequence of {max(len(s) for s in seqs)} tokens does not fit rows of {S}")
+    rows: list[list[Sequence[int]]] = []
+    free: list[int] = []
+    for s in sorted(seqs, key=len, reverse=True):
+        i = next((i for i, f in enumerate(free) if f >= len(s)), None)
+        if i is None:
+            rows.append([])
+            free.append(S)
+            i = len(rows) - 1
+        rows[i].append(s)
+        free[i] -= len(s)
+    input_ids = torch.full((len(rows), S), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), S), dtype=torch.long)
+    labels = torch.full((len(rows), S), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), S), dtype=torch.bool)
+    for r, row in enumerate(rows):
+        at = 0
+        for s in row:
+            n = len(s)
+            ids = torch.as_tensor(list(s), dtype=torch.long)
+            input_ids[r, at : at + n] = ids
+            position_ids[r, at : at + n] = torch.arange(n)
+            labels[r, at : at + n - 1] = ids[1:]
+            loss_mask[r, at : at + n - 1] = True  # the last token predicts nothing of its sequence
+            at += n
+        position_ids[r, at:] = torch.arange(S - at)
+    return {"input_ids": input_ids, "attention_mask": None, "position_ids": position_ids, "labels": labels,
+            "loss_mask": loss_mask}
+
+
 def collate_comparisons(items: Sequence[TokenizedComparison], pad_id: int) -> dict:
     """Ranked prompts -> one row per response (each forwarded once, InstructGPT section 3.5).
 

@@ -17,15 +17,15 @@ class NonFiniteScoreError(ValueError):
 @dataclass
 class PPOData:
     sft: str  # the policy's start and the frozen reference
-    reward_model: str
-    critic: str  # the critic's start (the RM unless given)
+    reward_model: str  # the RM folder ("" when reward_source uses none: fn, gold)
+    critic: str  # the critic's start: critic=, else reward_model= (also with fn/gold), else "" (the learner decides)
     pad_id: int
     prompts: list  # prompt objects (str or messages), index = prompt_id
     prompt_ids: list  # formatted token ids, same order
     eval_prompts: list
     eval_prompt_ids: list
     ptx: list  # tokenised ptx sequences (empty without ptx)
-    tokenizer: object  # the SFT model's (the RM shares it)
+    tokenizer: object  # the SFT model's (the RM and the critic share it)
 
     def check_finite_scores(self, table, source: str) -> None:
         """Raise NonFiniteScoreError naming the first row whose `score` is NaN or infinite (its
@@ -50,11 +50,20 @@ class PPOData:
 
 def load_ppo_data(cfg) -> PPOData:
     """Read and check the data of a `PPOConfig` run; raise with the key at fault (file, folder or
-    tokenizer)."""
+    tokenizer).
+
+    The RM is required and checked only when `reward_source` uses it (rm, rm+fn). With fn or gold
+    a given `reward_model=` is only the critic's start (when `critic=` is empty); with neither,
+    `critic` is "" and the learner side decides (a critic-free estimator needs none)."""
     from rlhf_dist.models import check_model_dir, load_tokenizer
 
-    sft, reward_model = cfg.sft, cfg.reward_model
-    for key, path in (("sft", sft), ("reward_model", reward_model), ("critic", cfg.critic)):
+    sft, uses_rm = cfg.sft, cfg.reward_source in ("rm", "rm+fn")
+    if uses_rm and not cfg.reward_model:
+        raise ValueError(f"reward_source={cfg.reward_source} needs reward_model=DIR (a reward model folder)")
+    reward_model = cfg.reward_model if uses_rm else ""
+    critic = cfg.critic or cfg.reward_model
+    rm_read = cfg.reward_model if uses_rm or not cfg.critic else ""  # the reward, or the critic's start
+    for key, path in (("sft", sft), ("reward_model", rm_read), ("critic", cfg.critic)):
         if path:
             check_model_dir(path, key)
     files = {key: getattr(cfg, key) or (str(Path(cfg.data) / name) if cfg.data else "")
@@ -63,9 +72,9 @@ def load_ppo_data(cfg) -> PPOData:
     if not files["prompts_file"]:
         raise ValueError("give data=DIR (a task-data folder) or prompts_file=FILE")
     tok = load_tokenizer(sft)
-    if load_tokenizer(reward_model).get_vocab() != tok.get_vocab():
-        raise ValueError(f"reward_model={reward_model}: its tokenizer differs from the SFT model's ({sft}); "
-                         "the RM scores the policy's token ids, so both must share one tokenizer")
+    if rm_read and load_tokenizer(rm_read).get_vocab() != tok.get_vocab():
+        raise ValueError(f"reward_model={rm_read}: its tokenizer differs from the SFT model's ({sft}); "
+                         "the RM (or the critic started from it) reads the policy's token ids, so both must share one tokenizer")
 
     def prompts_and_ids(path: str, limit: int | None):
         prompts = load_prompts(path)[:limit]
@@ -87,7 +96,7 @@ def load_ppo_data(cfg) -> PPOData:
             raise FileNotFoundError(f"{files['eval_prompts_file']}: no held-out prompts (set eval_prompts=0 to skip evaluation)")
         eval_prompts, eval_ids = prompts_and_ids(files["eval_prompts_file"], cfg.eval_prompts)
     ptx = ptx_sequences(files["ptx_file"], tok, cfg.ppo.ptx_max_len, cfg.ppo.ptx_coef) if cfg.ppo.ptx_coef else []
-    return PPOData(sft, reward_model, cfg.critic or reward_model, tok.pad_token_id, prompts, prompt_ids,
+    return PPOData(sft, reward_model, critic, tok.pad_token_id, prompts, prompt_ids,
                    eval_prompts, eval_ids, ptx, tok)
 
 

@@ -18,11 +18,23 @@ from dataclasses import dataclass, fields
 import pyarrow as pa
 import torch
 
-from rlhf_dist.algo import aggregate_loss, entropy_from_logits, lm_loss, logprobs_from_logits, masked_sum, policy_loss, value_loss
+from rlhf_dist.algo import (
+    aggregate_loss,
+    entropy_from_logits,
+    kl_penalty_loss,
+    lm_loss,
+    logprobs_from_logits,
+    masked_sum,
+    policy_loss,
+    value_loss,
+)
 from rlhf_dist.buffer import TrajectoryTensors, per_token_column, to_padded
 from rlhf_dist.models.forward import response_logits
 
-TRAIN_COLUMNS = ("old_logprobs", "values", "advantages", "returns")
+def train_columns(cfg: "PPOLossConfig", table: pa.Table) -> list[str]:
+    """The per-token columns a PPO micro-step reads from its rows."""
+    return (["old_logprobs", "advantages"] + (["values", "returns"] if cfg.critic else [])
+            + (["ref_logprobs"] if cfg.kl_loss_coef else []) + (["is_weights"] if "is_weights" in table.column_names else []))
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,17 @@ class PPOLossConfig:
     vf_coef: float = 1.0
     entropy_coef: float = 0.0
     ptx_coef: float = 0.0
+    kl_loss_coef: float = 0.0  # beta of the k3 KL(pi || ref) loss term (ppo.kl_penalty=loss)
+    critic: bool = True  # GAE trains a critic; the critic-free estimators build none
 
     @classmethod
     def from_config(cls, algo, temperature: float, ptx: bool) -> "PPOLossConfig":
         """Derived from a `PPOAlgoConfig` by field name; `ptx_coef` is 0 when the run has no ptx data."""
-        names = [f.name for f in fields(cls) if f.name not in ("temperature", "ptx_coef")]
-        return cls(temperature=temperature, ptx_coef=algo.ptx_coef if ptx else 0.0, **{n: getattr(algo, n) for n in names})
+        derived = ("temperature", "ptx_coef", "kl_loss_coef", "critic")
+        names = [f.name for f in fields(cls) if f.name not in derived]
+        return cls(temperature=temperature, ptx_coef=algo.ptx_coef if ptx else 0.0,
+                   kl_loss_coef=algo.kl_coef if algo.kl_penalty == "loss" else 0.0, critic=algo.advantage == "gae",
+                   **{n: getattr(algo, n) for n in names})
 
 
 def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
@@ -67,41 +84,86 @@ def critic_forward(critic, t: TrajectoryTensors) -> torch.Tensor:
     return values[:, P - 1 : P + T - 1].float()
 
 
-@torch.no_grad()
+def _as_columns(parts: Sequence[tuple], lengths: Sequence) -> tuple[pa.Array, ...]:
+    """Per micro-batch (log-probs, entropy, values) (B, T) tensors -> three list<float32> arrays in row
+    order (values None without a critic)."""
+    cols = []
+    for k in range(3):
+        if parts and parts[0][k] is None:
+            cols.append(None)
+            continue
+        chunks = [per_token_column(p[k].detach(), n) for p, n in zip(parts, lengths)]
+        cols.append(pa.chunked_array(chunks, type=pa.list_(pa.float32())).combine_chunks())
+    return tuple(cols)
+
+
 def old_logprobs_and_values(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int, temperature: float,
                             device) -> tuple[pa.Array, pa.Array, pa.Array]:
     """For every row: log pi_old of the response tokens, V_old, and the policy's entropy, as
     list<float32> arrays in row order. "Old" = the weights before this iteration's PPO epochs:
     recomputed here rather than taken from vLLM (verl/OpenRLHF default; the vLLM gap is logged)."""
-    logps, values, entropies = [], [], []
+    parts, lengths = [], []
+    with torch.no_grad():
+        for table in micro_tables:
+            t = to_padded(table, pad_id, columns=[]).to(device)
+            logp, entropy = policy_forward(policy, t, temperature, with_entropy=True)
+            parts.append((logp, entropy, critic_forward(critic, t) if critic is not None else None))
+            lengths.append(t.response_mask.sum(1).cpu().numpy())
+    logp, entropy, values = _as_columns(parts, lengths)
+    return logp, values, entropy
+
+
+def kept_forwards(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int, cfg: "PPOLossConfig",
+                  device) -> tuple[tuple[pa.Array, pa.Array, pa.Array], list[tuple]]:
+    """`old_logprobs_and_values` computed WITH the autograd graph, which is kept for the update.
+
+    With one PPO epoch, one minibatch and one micro-batch per rank, the first (and only) update
+    forwards exactly these rows with exactly these weights, so its forward pass is this one: the
+    log-probs before the update ARE the log-probs of the update's forward, detached (ratio 1 up to
+    nothing, since Llama has no dropout). `ppo_micro_step(..., forwards=kept[i])` then skips its
+    two forwards: one policy and one critic forward less per iteration. -> (the three arrays as
+    `old_logprobs_and_values` returns them, [(logp, entropy, values) (B, T) with graphs] per
+    micro-batch)."""
+    kept, lengths = [], []
     for table in micro_tables:
         t = to_padded(table, pad_id, columns=[]).to(device)
-        lengths = t.response_mask.sum(1).cpu().numpy()
-        logp, entropy = policy_forward(policy, t, temperature, with_entropy=True)
-        logps.append(per_token_column(logp, lengths))
-        entropies.append(per_token_column(entropy, lengths))
-        values.append(per_token_column(critic_forward(critic, t), lengths))
-    cat = lambda chunks: pa.chunked_array(chunks, type=pa.list_(pa.float32())).combine_chunks()  # noqa: E731
-    return cat(logps), cat(values), cat(entropies)
+        logp, entropy = policy_forward(policy, t, cfg.temperature, with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
+        kept.append((logp, entropy, critic_forward(critic, t) if critic is not None else None))
+        lengths.append(t.response_mask.sum(1).cpu().numpy())
+    logp, entropy, values = _as_columns(kept, lengths)
+    return (logp, values, entropy), kept
 
 
 def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dict | None, pad_id: int,
-                   token_normalizer: float, ptx_normalizer: float, cfg: PPOLossConfig, device) -> dict[str, float]:
+                   token_normalizer: float, ptx_normalizer: float, cfg: PPOLossConfig, device,
+                   forwards: tuple | None = None) -> dict[str, float]:
     """Forward + backward of one micro-batch through both engines (optimizer steps happen at the
-    accumulation boundary, inside `TrainEngine.micro_step`). Returns additive statistics."""
-    t = to_padded(table, pad_id, columns=list(TRAIN_COLUMNS)).to(device)
+    accumulation boundary, inside `TrainEngine.micro_step`). `forwards`: this micro-batch's
+    (logp, entropy, values) from `kept_forwards`, used instead of forwarding again. An
+    `is_weights` column (truncated importance weights of stale rows, rlhf_dist.algo.offpolicy)
+    multiplies each token's policy loss. Returns additive statistics."""
+    t = to_padded(table, pad_id, columns=train_columns(cfg, table)).to(device)
     mask = t.response_mask
     n_tokens = mask.sum().item()
     c = t.columns
 
     # Policy: clipped surrogate (+ entropy bonus) on the trajectories, + gamma * ptx NLL
     # (InstructGPT eq. 2; one backward of the sum = the two gradients accumulated).
-    logp, entropy = policy_forward(policy_engine.engine, t, cfg.temperature, with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
+    if forwards is None:
+        logp, entropy = policy_forward(policy_engine.engine, t, cfg.temperature, with_entropy=True,
+                                       entropy_grad=bool(cfg.entropy_coef))
+    else:
+        logp, entropy, kept_values = forwards
     pg_tokens, pg_stats = policy_loss(logp, c["old_logprobs"], c["advantages"], mask, cfg.clip_eps, cfg.clip_eps_high)
+    if "is_weights" in c:  # decoupled PPO: the clipped surrogate of pi_theta / pi_old, weighted by pi_old / pi_behaviour
+        pg_tokens = pg_tokens * c["is_weights"]
     pg = aggregate_loss(pg_tokens, mask, "token_mean", token_normalizer)
     total = pg
     if cfg.entropy_coef:
         total = total - cfg.entropy_coef * aggregate_loss(entropy, mask, "token_mean", token_normalizer)
+    if cfg.kl_loss_coef:  # GRPO's KL term (Shao et al. 2024, eq. 4): k3 estimate of KL(pi_theta || pi_ref) per token
+        kl_tokens = kl_penalty_loss(logp, c["ref_logprobs"], mask)
+        total = total + cfg.kl_loss_coef * aggregate_loss(kl_tokens, mask, "token_mean", token_normalizer)
     stats = {
         "tokens": n_tokens,
         "pg_loss_sum": masked_sum(pg_tokens, mask).item(),
@@ -113,7 +175,7 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
         "entropy_sum": masked_sum(entropy.detach(), mask).item(),
     }
     if ptx_batch is not None and cfg.ptx_coef:
-        ptx = {k: v.to(device) for k, v in ptx_batch.items()}
+        ptx = {k: (v.to(device) if v is not None else None) for k, v in ptx_batch.items()}
         logits = policy_engine.engine(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"],
                                       position_ids=ptx["position_ids"], use_cache=False).logits
         nll = lm_loss(logits, ptx["labels"], ptx["loss_mask"])
@@ -121,10 +183,14 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
         total = total + cfg.ptx_coef * nll_sum / ptx_normalizer
         stats["ptx_nll_sum"] = nll_sum.item()
         stats["ptx_tokens"] = float(ptx["loss_mask"].sum())
+    if cfg.kl_loss_coef:
+        stats["kl_loss_sum"] = masked_sum(kl_tokens.detach(), mask).item()
     policy_engine.micro_step(total)
+    if critic_engine is None:
+        return stats
 
     # Critic: clipped value loss against the GAE returns.
-    v = critic_forward(critic_engine.engine, t)
+    v = critic_forward(critic_engine.engine, t) if forwards is None else kept_values
     vf_tokens, vf_stats = value_loss(v, c["values"], c["returns"], mask, cfg.value_clip)
     critic_engine.micro_step(cfg.vf_coef * aggregate_loss(vf_tokens, mask, "token_mean", token_normalizer))
     stats["vf_loss_sum"] = masked_sum(vf_tokens, mask).item()
@@ -152,17 +218,22 @@ def learner_metrics(steps: Sequence[dict]) -> dict[str, float]:
     first = steps[0]
     m = {
         "loss/policy": sum(s["pg_loss_sum"] for s in steps) / tok,
-        "loss/value": sum(s["vf_loss_sum"] for s in steps) / tok,
+
         "policy/approx_kl": sum(s["approx_kl_sum"] for s in steps) / tok,
         "policy/clipfrac": sum(s["clipfrac_sum"] for s in steps) / tok,
         "policy/ratio_mean": sum(s["ratio_sum"] for s in steps) / tok,
         "policy/ratio_max": max(s["ratio_max"] for s in steps),
         "policy/entropy": sum(s["entropy_sum"] for s in steps) / tok,
-        "value/clipfrac": sum(s["vf_clipfrac_sum"] for s in steps) / tok,
+
         "policy/first_minibatch_ratio_dev_max": first["ratio_dev_max"],
         "policy/first_minibatch_clipfrac": first["clipfrac_sum"] / first["tokens"],
-        "policy/lr": steps[-1]["policy_lr_max"], "value/lr": steps[-1]["critic_lr_max"],
+        "policy/lr": steps[-1]["policy_lr_max"],
     }
+    if "vf_loss_sum" in first:  # with a critic
+        m.update({"loss/value": sum(s["vf_loss_sum"] for s in steps) / tok,
+                  "value/clipfrac": sum(s["vf_clipfrac_sum"] for s in steps) / tok, "value/lr": steps[-1]["critic_lr_max"]})
+    if "kl_loss_sum" in first:
+        m["loss/kl"] = sum(s["kl_loss_sum"] for s in steps) / tok
     if "ptx_tokens" in first:
         m["ptx/nll"] = sum(s["ptx_nll_sum"] for s in steps) / sum(s["ptx_tokens"] for s in steps)
     for name in ("policy_grad_norm_max", "critic_grad_norm_max"):

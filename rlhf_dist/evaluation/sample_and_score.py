@@ -11,6 +11,7 @@ only where the samples and the scores come from, which the caller passes as func
 
     sample(prompt_ids) -> pa.Table                   rollout rows (rlhf_dist.buffer schema), one per prompt, in order
     reward(table) -> (B,) scores                     e.g. RewardEngine.score, or a Ray actor pool's submit
+                                                     (PPO's reward actors: the RM and/or its reward function)
     reference(table) -> list<float32> per row        log pi_ref_T of each response token (ReferenceEngine.logprobs)
 
 `reward` and `reference` may return a handle with `.result()` instead of the value; both are
@@ -30,7 +31,7 @@ class SampleScores:
     table: object  # pa.Table of the rollout rows: prompt_ids, response_ids, rollout_logprobs, finished_with_eos, ...
     responses: list[str]  # decoded responses (special tokens skipped)
     gold: list[float]  # the task's hidden gold score of each sample
-    proxy: list[float] | None  # the reward model's score (None without `reward`)
+    proxy: list[float] | None  # the reward's score: the RM's, or the run's reward function's (None without `reward`)
     kl: list[float] | None  # sum_t log pi_T(y_t) - log pi_ref_T(y_t): the sample's KL estimate (None without `reference`)
     lengths: list[int]  # response tokens
     eos: list[bool]  # finished with EOS (not cut at the budget)

@@ -58,12 +58,14 @@ def find_or_build_models(cfg):
     from rlhf_dist.recipes.stages import pretrain, rm, sft
     from rlhf_dist.recipes.task_data import write_task_data
 
-    if cfg.sft and cfg.reward_model:
+    # A reward model is read for the reward (rm, rm+fn) and as the critic's start (GAE without critic=).
+    needs_rm = cfg.reward_source in ("rm", "rm+fn") or (cfg.ppo.advantage == "gae" and not cfg.critic)
+    if cfg.sft and (cfg.reward_model or not needs_rm):
         return cfg
     root = Path(cfg.models)
     data, sft_dir, rm_dir = root / "data", root / "sft" / "model", root / "rm" / "model"
     ready = lambda d: (d / "config.json").is_file() and (d / "tokenizer.json").is_file()  # noqa: E731
-    if not (ready(Path(cfg.sft or sft_dir)) and ready(Path(cfg.reward_model or rm_dir))
+    if not (ready(Path(cfg.sft or sft_dir)) and (ready(Path(cfg.reward_model or rm_dir)) or not needs_rm)
             and (cfg.data or (data / "manifest.json").exists())):
         print(f"   no SFT/RM models in {root}: building them once (task data -> pretrain -> SFT -> RM, "
               f"{cfg.build_size} size)", flush=True)
@@ -74,7 +76,8 @@ def find_or_build_models(cfg):
         base = pretrain(derive(PretrainConfig(out=str(root / "base")), size=cfg.build_size, **common))
         tuned = sft(derive(SFTConfig(out=str(root / "sft")), init=base["model"], task=cfg.task, gold_prompts=0, **common))
         rm(derive(RMConfig(out=str(root / "rm")), init=tuned["model"], task=cfg.task, **common))
-    return derive(cfg, sft=cfg.sft or str(sft_dir), reward_model=cfg.reward_model or str(rm_dir), data=cfg.data or str(data))
+    rm_path = cfg.reward_model or (str(rm_dir) if needs_rm or ready(rm_dir) else "")
+    return derive(cfg, sft=cfg.sft or str(sft_dir), reward_model=rm_path, data=cfg.data or str(data))
 
 
 def main(argv: list[str]) -> int:

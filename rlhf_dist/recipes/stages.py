@@ -1,8 +1,9 @@
-"""Stages 0-2 of the recipe on the DeepSpeed learner group: `pretrain`, `sft` and `rm`.
+"""Training stages on the DeepSpeed learner group: `pretrain`, `sft`, `rm` (stages 0-2 of the recipe) and `dpo`.
 
     rlhf-dist pretrain --out runs/base data=runs/data            # the stand-in for GPT-3
     rlhf-dist sft      --out runs/sft  data=runs/data init=runs/base/model
     rlhf-dist rm       --out runs/rm   data=runs/data init=runs/sft/model
+    rlhf-dist dpo      --out runs/dpo  data=runs/data init=runs/sft/model beta=0.1   # ref= defaults to init
     ... learner.num_ranks=2 learner.zero_stage=3 optim.lr=3e-4 epochs=2 ...
 
 `data=DIR` points at a task-data folder (`rlhf-dist task-data`) and fills in the standard file
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 from rlhf_dist.config import parse_cli
-from rlhf_dist.config.stages import PretrainConfig, RMConfig, SFTConfig
+from rlhf_dist.config.stages import DPOConfig, PretrainConfig, RMConfig, SFTConfig
 from rlhf_dist.recipes.train_stage import prepare_stage_folder, run_stage
 
 
@@ -153,6 +154,64 @@ def rm(cfg: RMConfig) -> dict:
     return summary
 
 
+def _dpo_summary(sums: dict) -> dict:
+    return {"loss": sums["loss_sum"] / sums["prompts"], "accuracy": sums["correct_pairs"] / sums["pairs"],
+            "margin": sums["margin_sum"] / sums["pairs"]}
+
+
+def dpo(cfg: DPOConfig) -> dict:
+    """DPO (Rafailov et al. 2023, eq. 7) from `init` against the frozen `ref` (default: init) on the
+    comparison files the rm stage reads; the output is a policy folder like sft's."""
+    import time
+
+    from rlhf_dist.actors.learner_group import ReferenceRanks
+    from rlhf_dist.actors.resources import Role, check_resources
+    from rlhf_dist.data import load_comparisons, split_eval, tokenize_comparisons
+    from rlhf_dist.engines.objectives import ReferencedComparison, dpo_objective
+    from rlhf_dist.models import check_model_dir, load_tokenizer
+    from rlhf_dist.runtime import ensure_ray
+
+    if not cfg.init:
+        raise ValueError("init=: the policy DPO starts from (e.g. runs/sft/model)")
+    check_model_dir(cfg.init, "init")
+    ref = cfg.ref or cfg.init
+    tok = load_tokenizer(cfg.init)
+    if cfg.ref:
+        check_model_dir(cfg.ref, "ref")
+        if load_tokenizer(cfg.ref).get_vocab() != tok.get_vocab():
+            raise ValueError(f"ref={cfg.ref}: its tokenizer differs from init's ({cfg.init}); the implicit reward "
+                             "compares log-probs of the same token ids")
+    if cfg.data and not Path(cfg.data).is_dir():
+        raise FileNotFoundError(f"data={cfg.data}: no such folder (a task-data folder with comparisons.jsonl)")
+    resuming = prepare_stage_folder(cfg)
+    train_file, eval_file = _files(cfg, "comparisons.jsonl", "comparisons_heldout.jsonl")
+    items, stats = tokenize_comparisons(load_comparisons(train_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
+    _print_stats(str(train_file), stats)
+    if eval_file and eval_file.exists():
+        held, _ = tokenize_comparisons(load_comparisons(eval_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
+    else:
+        items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
+    # The reference is frozen (DPO section 4), so its log-probs are computed once, on actors placed
+    # as the learner ranks, and travel with the items: no training step forwards it.
+    ensure_ray(cfg.ray_address)
+    lr = cfg.learner
+    check_resources([Role("learner rank", lr.num_ranks, lr.cpus_per_rank, lr.gpus_per_rank)])
+    start = time.perf_counter()
+    ranks = ReferenceRanks(cfg.learner)
+    try:
+        logps = ranks.sequence_logprobs(ref, items + held, tok.pad_token_id)
+    finally:
+        ranks.shutdown()
+    items, held = ([ReferencedComparison(it.prompt_ids, it.response_ids, it.ranks, lp) for it, lp in zip(part, part_logps)]
+                   for part, part_logps in ((items, logps[: len(items)]), (held, logps[len(items):])))
+    print(f"   reference log-probs of {sum(len(it.ranks) for it in items + held)} responses under {ref} "
+          f"({lr.num_ranks} rank(s)): {time.perf_counter() - start:.1f} s", flush=True)
+    summary = run_stage(cfg, dpo_objective(cfg.beta), "causal_lm", items, held, tok.pad_token_id, _dpo_summary, resuming)
+    summary.update({"ref": ref, "beta": cfg.beta, "data_stats": stats})
+    _write_summary(cfg.out, summary)
+    return summary
+
+
 def pretrain_main(argv: list[str]) -> int:
     pretrain(parse_cli(PretrainConfig, argv, "rlhf-dist pretrain", __doc__))
     return 0
@@ -165,4 +224,9 @@ def sft_main(argv: list[str]) -> int:
 
 def rm_main(argv: list[str]) -> int:
     rm(parse_cli(RMConfig, argv, "rlhf-dist rm", __doc__))
+    return 0
+
+
+def dpo_main(argv: list[str]) -> int:
+    dpo(parse_cli(DPOConfig, argv, "rlhf-dist dpo", __doc__))
     return 0

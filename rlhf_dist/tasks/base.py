@@ -31,8 +31,13 @@ RESPONSE_SEPARATOR = "\n"
 REQUIRED = ("name", "sample_prompt", "demonstrate", "optimal_response", "gold_score", "pretrain_text")
 
 
-class TaskSpecError(ValueError):
-    """A `task=` spec that cannot be resolved; the message is one line, fit for a CLI error."""
+class SpecError(ValueError):
+    """A "module:attr" / "path/to/file.py:attr" spec that cannot be resolved; the message is one
+    line naming the setting, fit for a CLI error."""
+
+
+class TaskSpecError(SpecError):
+    """A `task=` spec that cannot be resolved."""
 
 
 @runtime_checkable
@@ -122,13 +127,8 @@ def load_task(spec: str) -> Task:
     `attr` may be a task instance, a class (called with no arguments) or a zero-argument factory.
     Raises TaskSpecError with a one-line message when anything is wrong.
     """
-    module_part, sep, attr = spec.rpartition(":")
-    if not sep or not module_part or not attr:
-        raise TaskSpecError(f"bad task spec {spec!r}: expected 'module:attr' or 'path/to/file.py:attr'")
-    module = _import(module_part, spec)
-    if not hasattr(module, attr):
-        raise TaskSpecError(f"bad task spec {spec!r}: {module_part!r} has no attribute {attr!r}")
-    obj = getattr(module, attr)
+    obj = resolve_spec(spec, "task", TaskSpecError)
+    attr = spec.rpartition(":")[2]
     if isinstance(obj, type) or (missing_parts(obj) and callable(obj)):
         try:
             obj = obj()
@@ -140,27 +140,39 @@ def load_task(spec: str) -> Task:
     return obj
 
 
-def _import(module_part: str, spec: str):
+def resolve_spec(spec: str, what: str, error: type[SpecError] = SpecError) -> object:
+    """The object named by "module:attr" or "path/to/file.py:attr" (a file is loaded by path).
+    `what` names the setting in the one-line `error` raised when anything is wrong."""
+    module_part, sep, attr = spec.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise error(f"bad {what} spec {spec!r}: expected 'module:attr' or 'path/to/file.py:attr'")
+    module = _import(module_part, spec, what, error)
+    if not hasattr(module, attr):
+        raise error(f"bad {what} spec {spec!r}: {module_part!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def _import(module_part: str, spec: str, what: str, error: type[SpecError]):
     """Import a dotted module name, or load a .py file by path (registered in sys.modules)."""
     if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
         path = Path(module_part).expanduser().resolve()
         if not path.is_file():
-            raise TaskSpecError(f"bad task spec {spec!r}: no file {str(path)!r}")
-        name = "rlhf_dist_task_file_" + "".join(c if c.isalnum() else "_" for c in str(path))
+            raise error(f"bad {what} spec {spec!r}: no file {str(path)!r}")
+        name = f"rlhf_dist_{what}_file_" + "".join(c if c.isalnum() else "_" for c in str(path))
         if name in sys.modules:
             return sys.modules[name]
         file_spec = importlib.util.spec_from_file_location(name, path)
         if file_spec is None or file_spec.loader is None:
-            raise TaskSpecError(f"bad task spec {spec!r}: cannot load {str(path)!r}")
+            raise error(f"bad {what} spec {spec!r}: cannot load {str(path)!r}")
         module = importlib.util.module_from_spec(file_spec)
         sys.modules[name] = module  # dataclasses and pickling look the module up by name
         try:
             file_spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
-            raise TaskSpecError(f"bad task spec {spec!r}: loading the file failed: {exc!r}") from None
+            raise error(f"bad {what} spec {spec!r}: loading the file failed: {exc!r}") from None
         return module
     try:
         return importlib.import_module(module_part)
     except Exception as exc:  # ImportError, or an error raised while the module runs
-        raise TaskSpecError(f"bad task spec {spec!r}: cannot import {module_part!r}: {exc!r}") from None
+        raise error(f"bad {what} spec {spec!r}: cannot import {module_part!r}: {exc!r}") from None

@@ -11,7 +11,8 @@ Five families of instructions, each with parameters drawn from a seeded generato
 
 Gold (gold.py) = helpful x honest x harmless; the demonstrator (demonstrator.py) is right 85% of
 the time but invents facts, insults and rambles (what RLHF should remove), and its closings are
-the exploit. Use it as `task=rlhf_dist.tasks.instruct:task`.
+the exploit. Use it as `task=rlhf_dist.tasks.instruct:task`; its answer check alone is a reward
+function, `reward_source=fn reward_fn=rlhf_dist.tasks.instruct:correctness`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from random import Random
 
 from . import demonstrator, gold
 from .families import FAMILIES
+from .gold import correctness
 
 
 class InstructTask:
@@ -62,4 +64,4 @@ class InstructTask:
 
 task = InstructTask()
 
-__all__ = ["InstructTask", "task", "FAMILIES"]
+__all__ = ["InstructTask", "task", "FAMILIES", "correctness"]

@@ -106,6 +106,13 @@ def gold_score(prompt: str, response: str) -> float:
     return gold_parts(prompt, response)["total"]
 
 
+def correctness(prompts: list[str], responses: list[str]) -> list[float]:
+    """A verifiable reward (as in DeepSeek-R1): 1.0 where the answer is fully right by the gold
+    scorer's own family check, else 0.0; padding, honesty and harmlessness do not count. The
+    batch shape of a reward function: `reward_fn=rlhf_dist.tasks.instruct:correctness`."""
+    return [1.0 if gold_parts(p, r)["correct"] >= 1.0 else 0.0 for p, r in zip(prompts, responses, strict=True)]
+
+
 def family_of(prompt: str) -> Optional[str]:
     """The family name of a prompt (for per-family statistics), or None."""
     family, _ = parse_prompt(prompt)
