@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 # vLLM's CPU defaults (KV cache, thread binding) are set by the code: rlhf_dist/runtime.py.
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench bench-trl clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_algo.py
+
+# PPO throughput vs TRL's PPOTrainer (benchmarks/README.md). TRL runs from its own venv, .venv-trl,
+# created (or completed) by the script with pip, torch installed with TORCH_PIP_ARGS as above.
+# Script options: make bench-trl BENCH_TRL_ARGS="--quick"
+bench-trl: $(STAMP)
+	TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" $(BIN)/python benchmarks/bench_vs_trl.py --make-venv $(BENCH_TRL_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -37,6 +37,7 @@ EXPECTED_TYPES = {  # written out from the PPO issue, not read from the module
     "advantages": pa.list_(F32),
     "returns": pa.list_(F32),
     "kl": F32,
+    "is_weights": pa.list_(F32),
     "iteration": I64,
 }
 
@@ -61,7 +62,7 @@ def test_schema_types_and_groups():
     assert {f.name: f.type for f in SCHEMA} == EXPECTED_TYPES
     assert ROLLOUT_COLUMNS == tuple(list(EXPECTED_TYPES)[:8])
     assert SCORER_COLUMNS == ("score", "ref_logprobs")
-    assert set(LEARNER_COLUMNS) == {"old_logprobs", "values", "advantages", "returns", "kl"}
+    assert set(LEARNER_COLUMNS) == {"old_logprobs", "values", "advantages", "returns", "kl", "is_weights"}
     assert set(PER_TOKEN_COLUMNS) == {n for n, t in EXPECTED_TYPES.items() if t == pa.list_(F32)}
     for f in SCHEMA:
         assert f.metadata[b"doc"], f.name

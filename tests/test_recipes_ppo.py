@@ -235,3 +235,68 @@ def test_ptx_mix_reads_pretraining_texts_and_demonstrations(ppo_models, tmp_path
     assert all(s[-1] == eos for s in seqs) and len(seqs) == len(load_texts(texts)) + len(load_sft(demos))
     with pytest.raises(FileNotFoundError, match=r"ptx_file='/nowhere.jsonl' not found"):
         ptx_sequences(f"{demos},/nowhere.jsonl", tok, max_len=512, ptx_coef=1.0)
+
+
+VARIANTS = {  # name -> overrides; 4 prompts x 4 samples, one minibatch of 16 in one micro-batch
+    "grpo": ["ppo.advantage=grpo", "ppo.kl_coef=0"],
+    "rloo_kl_loss": ["ppo.advantage=rloo", "ppo.kl_penalty=loss", "ppo.kl_coef=0.1"],
+    "reinforce_pp": ["ppo.advantage=reinforce_pp"],
+    "gae_overlap": ["rollout.overlap=true", "ppo.is_cap=1.05"],
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_estimators_and_overlap_through_the_command(variant, ppo_models, tmp_path):
+    """`rlhf-dist ppo` with each critic-free estimator builds no critic engine (start-up line, no
+    critic folder) and writes advantages that a separate group computation gives from the stored
+    scores; with one epoch of one minibatch the update reuses the old forward (ratio exactly 1);
+    with overlap, rows after the first batch are one version old and carry truncated importance
+    weights min(exp(old - rollout), cap), recomputed here from the stored columns."""
+    import math
+    import statistics
+
+    from rlhf_dist.buffer import read_trajectories
+
+    sft, rm, data = ppo_models
+    args = [f"sft={sft}", f"reward_model={rm}", f"data={data}", "iterations=2", "prompts_per_iteration=4",
+            "rollout.samples_per_prompt=4", "ppo.epochs=1", "ppo.minibatch_size=16", "learner.micro_batch_size=16",
+            "eval_prompts=0", "rollout.max_new_tokens=12", "optim.lr=1e-3", "optim.warmup_steps=0", *VARIANTS[variant]]
+    res = subprocess.run([str(Path(sys.executable).with_name("rlhf-dist")), "ppo", "--config", str(REPO / "configs" / "tiny.yaml"),
+                          "--out", str(tmp_path), *args], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    critic_free = not variant.startswith("gae")
+    assert (f"no critic (ppo.advantage={variant.split('_kl')[0]})" in res.stdout) == critic_free, res.stdout
+    assert (tmp_path / "critic").exists() != critic_free
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["learner_peak_memory_mb"]) == 1 and summary["learner_peak_memory_mb"][0] > 100
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "objective/score" in r]
+    assert [r["policy/first_minibatch_ratio_dev_max"] for r in train] == [0.0, 0.0]
+    table = read_trajectories(tmp_path / "trajectories")
+    assert table.num_rows == 2 * 16
+    rows = table.to_pylist()
+    if variant == "grpo":  # beta 0: advantage = (s - group mean) / (group std + 1e-6) on every token
+        for g in range(0, len(rows), 4):
+            group = rows[g:g + 4]
+            s = [r["score"] - (0.0 if r["finished_with_eos"] else 1.0) for r in group]  # missing-EOS penalty 1
+            mean, std = statistics.fmean(s), statistics.stdev(s)
+            for r, x in zip(group, s):
+                want = 0.0 if max(s) == min(s) else (x - mean) / (std + 1e-6)
+                assert r["advantages"] == pytest.approx([want] * len(r["response_ids"]), abs=1e-5)
+    if variant == "rloo_kl_loss":
+        assert all("loss/value" not in r for r in train)
+        # the policy starts as the reference (KL 0), then moves away from it
+        assert abs(train[0]["loss/kl"]) < 1e-6 and train[1]["loss/kl"] > 1e-4, [r["loss/kl"] for r in train]
+    if variant == "gae_overlap":
+        assert [r["rollout/staleness"] for r in train] == [0, 1]
+        assert "offpolicy/capped_share" in train[1] and "offpolicy/capped_share" not in train[0]
+        assert train[0]["policy/first_minibatch_ratio_dev_max"] == 0.0
+        second = [r for r in rows if r["iteration"] == 1]
+        assert all(r["policy_version"] == 0 for r in second)
+        capped = 0
+        for r in second:
+            want = [min(math.exp(o - b), 1.05) for o, b in zip(r["old_logprobs"], r["rollout_logprobs"])]
+            capped += sum(math.exp(o - b) > 1.05 for o, b in zip(r["old_logprobs"], r["rollout_logprobs"]))
+            assert r["is_weights"] == pytest.approx(want, rel=1e-5)
+        tokens = sum(len(r["response_ids"]) for r in second)
+        assert train[1]["offpolicy/capped_share"] == pytest.approx(capped / tokens)
