@@ -59,7 +59,7 @@ class PPOActors:
         max_len = cfg.max_prompt_len + r.max_new_tokens + 8
         self.rollout = RolloutGroup(data.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
-                                    max_restarts=cfg.max_restarts, wait=False)  # the engines start while the rest does
+                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads)  # engines start meanwhile
         self.reward_reads_text = bool(fn_spec or gold_task)
         self.reward_desc = " + ".join(  # for the start-up line
             (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])

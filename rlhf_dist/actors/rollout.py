@@ -51,9 +51,10 @@ class RolloutWorker(WeightSyncActorMixin):
         return [r.response_ids for r in self.engine.generate(prompt_ids, max_new_tokens, temperature=0.0)]
 
 
-def rollout_env() -> dict[str, str]:
+def rollout_env(threads: int | None = None) -> dict[str, str]:
     """Environment of a rollout actor: vLLM's engine core in the actor's own process on CPU (one
-    process per worker instead of two), and the vLLM CPU defaults of `rlhf_dist.runtime`."""
+    process per worker instead of two), the vLLM CPU defaults of `rlhf_dist.runtime`, and with
+    `threads` the engine's CPU threads (else Ray's: one per whole CPU of the actor, at least one)."""
     env = {
         **vllm_cpu_env(),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
@@ -64,6 +65,8 @@ def rollout_env() -> dict[str, str]:
 
     if not torch.cuda.is_available():
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -92,9 +95,10 @@ class RolloutGroup:
 
     def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
                  num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.85, max_restarts: int = 3, wait: bool = True) -> None:
+                 gpu_memory_utilization: float = 0.85, max_restarts: int = 3, wait: bool = True,
+                 threads: int | None = None) -> None:
         actor = ray.remote(RolloutWorker).options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
-                                                  runtime_env={"env_vars": rollout_env()})
+                                                  runtime_env={"env_vars": rollout_env(threads)})
         self._start = lambda w: actor.remote(model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size,
                                              gpu_memory_utilization)
         self._asked = f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU"

@@ -17,6 +17,8 @@ class RolloutConfig:
     num_workers: int = param(1, "vLLM rollout workers (Ray actors), independent of learner ranks", ge=1)
     cpus_per_worker: float = param(0.25, "Ray CPUs per rollout worker", ge=0)
     gpus_per_worker: float = param(0.0, "Ray GPUs per rollout worker (GPU clusters: 1)", ge=0)
+    threads: int | None = param(None, "CPU threads of each rollout engine (null: one per whole Ray CPU, at least 1); "
+                                      "more than its CPUs pays off when sampling has the cores to itself", ge=1)
     tensor_parallel_size: int = param(1, "vLLM tensor parallelism per worker (GPU)", ge=1)
     gpu_memory_utilization: float = param(0.85, "vLLM's share of its GPU's memory", gt=0, le=1)
     dtype: Literal["float32", "bfloat16", "float16"] = param("float32", "vLLM dtype: float32 (CPU) | bfloat16 (GPU)")
