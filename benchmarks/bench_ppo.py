@@ -10,9 +10,9 @@ workers, reward + reference actors, a DeepSpeed learner group, weight sync), bui
 (everything else as in configs/tiny.yaml: 32 new tokens, 2 PPO epochs, ZeRO-2, fractional CPUs).
 The per-iteration times come from the run's own `<out>/metrics.jsonl`:
 
-- rollout  `time/rollout_s`  waiting for the vLLM workers' samples (the batch is submitted at the
-           end of the previous iteration, so a few ms of sampling overlap the previous iteration's
-           logging; iteration 1's batch is submitted before the loop),
+- rollout  `time/sample_s`   the vLLM workers' sampling of the batch (submitted at the end of the
+           previous iteration; iteration 1's before the loop), timed in the background thread
+           that then scores it (the driver waits `time/rollout_s` = sample + score, synchronous),
 - score    `time/score_s`    reward model scores || reference log-probs (two actors in parallel),
 - learner  `time/learner_s`  old log-probs and values, GAE on the driver, the PPO epochs,
 - sync     `time/sync_s`     from the end of the PPO epochs to the metrics record: the weight push
@@ -23,7 +23,7 @@ The per-iteration times come from the run's own `<out>/metrics.jsonl`:
 
 The first iteration is a warm-up (first calls of every actor) and is left out of the medians.
 Sampling throughput = response tokens per rollout second = `rollout/response_len` x rows /
-`time/rollout_s`. Speed-ups are against the first split (1, 1): t(1,1) / t(split).
+`time/sample_s`. Speed-ups are against the first split (1, 1): t(1,1) / t(split).
 `rollout/logprob_gap_max` (vLLM vs learner log-probs) is reported as a check that every worker
 sampled with the learner's weights.
 
@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"rollout": "time/rollout_s", "score": "time/score_s", "learner": "time/learner_s", "sync": "time/sync_s"}
+PARTS = {"rollout": "time/sample_s", "score": "time/score_s", "learner": "time/learner_s", "sync": "time/sync_s"}
 
 
 def build_models(root: Path, size: str) -> tuple[str, str, str]:
@@ -118,7 +118,7 @@ def summarize_split(runs: list[dict]) -> dict:
     out["share"] = {name: med([r[key] / r["time/iteration_s"] for r in recs]) for name, key in PARTS.items()}
     tokens = [r["rollout/response_len"] * rows for r in recs]
     out["response_tokens_per_iteration"] = med(tokens)
-    out["sampling_tokens_per_s"] = med([n / r["time/rollout_s"] for n, r in zip(tokens, recs)])
+    out["sampling_tokens_per_s"] = med([n / r["time/sample_s"] for n, r in zip(tokens, recs)])
     out["warmup_iteration_s"] = med([run["records"][0]["time/iteration_s"] for run in runs])
     out["setup_and_teardown_s"] = med([run["wall_s"] - sum(r["time/iteration_s"] for r in run["records"]) for run in runs])
     out["run_wall_s"] = med([run["wall_s"] for run in runs])
