@@ -131,6 +131,16 @@ class LearnerWorker:
         run_micro_batches(objective, self.engine.engine, micro_batches[real:], self.pad_id, 1.0, self.engine.device, None)
         return sums
 
+    def peak_memory_mb(self) -> float:
+        """Peak resident memory of this rank's process (MiB; ru_maxrss), or peak CUDA memory on a GPU."""
+        import resource
+
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     def save_model(self, path: str, tokenizer_path: str | None, which: str = "engine") -> bool:
         """Gather the full weights (from ZeRO-3 shards if need be) and write an HF folder on rank 0.
         `which`: the attribute holding the TrainEngine ("engine"; PPO: "policy" or "critic")."""
@@ -284,6 +294,10 @@ class LearnerGroup:
             padding = most - len(mbs)
             calls.append(w.evaluate.remote(objective, mbs + [[items[0]]] * padding, padding))
         return _sum_over_ranks(self._get(calls))
+
+    def peak_memory_mb(self) -> list[float]:
+        """Each rank's peak memory so far (MiB)."""
+        return self._get([w.peak_memory_mb.remote() for w in self.workers])
 
     def save_model(self, path: str | Path, tokenizer_path: str | Path | None = None) -> None:
         self._get([w.save_model.remote(str(path), None if tokenizer_path is None else str(tokenizer_path)) for w in self.workers])

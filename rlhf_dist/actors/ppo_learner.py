@@ -46,15 +46,6 @@ class PPOLearnerWorker(LearnerWorker):
     def _engines(self):
         return [e for e in (self.policy, self.critic) if e is not None]
 
-    def peak_memory_mb(self) -> float:
-        """Peak resident memory of this rank's process (MiB; ru_maxrss), or peak CUDA memory on a GPU."""
-        import resource
-
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.max_memory_allocated() / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def forward_old(self, micro_tables: Sequence[pa.Table], n_padding: int = 0, keep: bool = False):
         """(old log-probs, values, entropy) list arrays of the real micro-batches; the last
@@ -219,6 +210,3 @@ class PPOLearnerGroup(LearnerGroup):
         if self.has_critic:
             self._get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
 
-    def peak_memory_mb(self) -> list[float]:
-        """Each rank's peak memory so far (MiB)."""
-        return self._get([w.peak_memory_mb.remote() for w in self.workers])

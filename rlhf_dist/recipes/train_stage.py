@@ -102,9 +102,10 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
         bar.close()
         evaluate(step)
         group.save_model(out / "model", tokenizer_path=cfg.init)
+        peak_mb = group.peak_memory_mb()
     finally:
         group.shutdown()
         log.close()
     summary = {"steps": step, "wall_time_s": time.perf_counter() - start, **last_eval, "model": str(out / "model"),
-               "config": config_to_dict(cfg)}
+               "learner_peak_memory_mb": peak_mb, "config": config_to_dict(cfg)}
     return summary
