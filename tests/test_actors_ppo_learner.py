@@ -374,7 +374,7 @@ def test_ppo_ptx_step_matches_reference(ray_local, models, trajectories, ptx_seq
 
 def test_entropy_bonus_reaches_the_policy_gradient(ray_local, models, trajectories, tmp_path):
     """PPOLossConfig(entropy_coef=c): loss = ppo_loss - c * (entropy token mean); 1 rank, 1 step.
-    Regression: the entropy was once computed under no_grad, making the bonus a constant."""
+    An entropy computed under no_grad would make the bonus a constant: the gradient norm catches it."""
     from rlhf_dist.models import load_causal_lm
 
     data, loss_cfg = trajectories, _loss_cfg(entropy_coef=1.0)
