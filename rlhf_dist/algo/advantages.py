@@ -30,6 +30,20 @@ class PPOTargets:
     score: torch.Tensor  # (B,) score as used in the rewards (after normalisation/clipping/penalty)
 
 
+def masked_kl_and_score(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                        has_eos: torch.Tensor, kl_estimator: str = "k1",
+                        missing_eos_penalty: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token KL estimate of the sampling policy against the reference (B, T), 0 at padding, and
+    the score (B,) fp32 minus `missing_eos_penalty` where a response has no EOS (ppo-details 19, 23).
+    Shared by GAE (`ppo_targets`) and the critic-free estimators."""
+    mask = mask.bool()
+    kl = torch.where(mask, kl_estimate(logprobs, ref_logprobs, kl_estimator), torch.zeros((), device=mask.device))
+    score = score.float()
+    if missing_eos_penalty is not None:
+        score = torch.where(has_eos.bool(), score, score - missing_eos_penalty)
+    return kl, score
+
+
 def ppo_targets(
     score: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -56,15 +70,11 @@ def ppo_targets(
     5. advantage whitening over all valid tokens of the batch (ppo-details 28).
     """
     mask = mask.bool()
-    zero = torch.zeros((), device=mask.device)
-    kl = torch.where(mask, kl_estimate(old_logprobs, ref_logprobs, kl_estimator), zero)
-    score = score.float()
-    if missing_eos_penalty is not None:
-        score = torch.where(has_eos.bool(), score, score - missing_eos_penalty)
+    kl, score = masked_kl_and_score(score, old_logprobs, ref_logprobs, mask, has_eos, kl_estimator, missing_eos_penalty)
     rewards = token_level_rewards(score, kl, mask, beta)
     if whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae_advantages(rewards, torch.where(mask, values.float(), zero), mask, gamma, lam)
+    advantages, returns = gae_advantages(rewards, torch.where(mask, values.float(), 0.0), mask, gamma, lam)
     if whiten_advantages:
         advantages = masked_whiten(advantages, mask, shift_mean=True)
     return PPOTargets(rewards, advantages, returns, kl, masked_sum(kl, mask, dim=1), score)

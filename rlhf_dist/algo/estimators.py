@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_dist.algo.kl import kl_estimate
+from rlhf_dist.algo.advantages import masked_kl_and_score
 from rlhf_dist.algo.masked import masked_sum, masked_whiten
 from rlhf_dist.algo.rewards import token_level_rewards
 
@@ -178,11 +178,7 @@ def critic_free_targets(
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown critic-free estimator {estimator!r}; expected one of {ESTIMATORS}")
     mask = mask.bool()
-    zero = torch.zeros((), device=mask.device)
-    kl = torch.where(mask, kl_estimate(logprobs, ref_logprobs, kl_estimator), zero)
-    score = score.float()
-    if missing_eos_penalty is not None:
-        score = torch.where(has_eos.bool(), score, score - missing_eos_penalty)
+    kl, score = masked_kl_and_score(score, logprobs, ref_logprobs, mask, has_eos, kl_estimator, missing_eos_penalty)
     if estimator == "reinforce_pp":
         token_rewards = token_level_rewards(score, kl if kl_in_reward else torch.zeros_like(kl), mask, beta)
         advantages = reinforce_pp_advantages(token_rewards, mask, gamma)
