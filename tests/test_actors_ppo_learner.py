@@ -39,6 +39,8 @@ on the reference, so that the comparison covers them).
 
 from __future__ import annotations
 
+import dataclasses
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -325,13 +327,16 @@ def test_ppo_steps_match_reference_on_one_and_two_ranks_zero2_zero3(ray_local, m
 
     ref_old = [torch.cat([o[k] for o in old_ref]).numpy() for k in range(3)]  # logp, entropy, values: flat
     configs = {
-        "1 rank ZeRO-2 (micro 2, accum 4)": (1, 2, 2),
-        "2 ranks ZeRO-2 (micro 2, accum 2)": (2, 2, 2),
-        "2 ranks ZeRO-3 (micro 4, accum 1)": (2, 3, 4),
+        "1 rank ZeRO-2 (micro 2, accum 4)": (1, 2, 2, 0),
+        "2 ranks ZeRO-2 (micro 2, accum 2)": (2, 2, 2, 0),
+        "2 ranks ZeRO-3 (micro 4, accum 1)": (2, 3, 4, 0),
+        # each micro-batch forwarded in length-sorted groups of <= 30 padded tokens (1-2 rows each)
+        "2 ranks ZeRO-2 (micro 4, accum 1, forward_max_tokens 30)": (2, 2, 4, 30),
     }
-    for i, (name, (ranks, stage, micro)) in enumerate(configs.items()):
+    for i, (name, (ranks, stage, micro, budget)) in enumerate(configs.items()):
         out = tmp_path / f"run{i}"
-        (logp, values, entropy), steps = group_run(models, data, out, ranks, stage, micro, STEP_ROWS, loss_cfg)
+        (logp, values, entropy), steps = group_run(models, data, out, ranks, stage, micro, STEP_ROWS,
+                                                   dataclasses.replace(loss_cfg, forward_max_tokens=budget))
 
         # forward_old: the reference policy's log-probs at T, its entropy, the critic's values,
         # in row order (a row-order or shift bug moves these by O(1)).
@@ -391,11 +396,12 @@ def test_entropy_bonus_reaches_the_policy_gradient(ray_local, models, trajectori
     assert diff < WEIGHT_ATOL, diff
 
 
-@pytest.mark.parametrize("ranks,stage", [(1, 2), (2, 3)])
-def test_reused_forward_step_matches_reference(ray_local, models, trajectories, tmp_path, ranks, stage):
+@pytest.mark.parametrize("ranks,stage,budget", [(1, 2, 0), (2, 3, 0), (1, 2, 64)])
+def test_reused_forward_step_matches_reference(ray_local, models, trajectories, tmp_path, ranks, stage, budget):
     """One epoch of one minibatch, one micro-batch per rank: `forward_old(keep=True)` and
     `ppo_step(reuse_forward=True)` (the update backpropagates through the kept forwards) equal the
-    reference's single step over all rows, and the old log-probs/values its forward."""
+    reference's single step over all rows, and the old log-probs/values its forward; `budget`: the
+    kept forwards are length-sorted groups of <= 64 padded tokens (PPOLossConfig.forward_max_tokens)."""
     from rlhf_dist.actors.learner_group import ModelSpec
     from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
     from rlhf_dist.buffer import add_columns
@@ -405,6 +411,7 @@ def test_reused_forward_step_matches_reference(ray_local, models, trajectories, 
     data, loss_cfg = trajectories, _loss_cfg(entropy_coef=0.5)
     step_rows = [list(range(N_ROWS))]
     old_ref, ref_stats, ref_policy, ref_critic = reference_run(models, data, step_rows, loss_cfg)
+    loss_cfg = dataclasses.replace(loss_cfg, forward_max_tokens=budget)
     policy_optim, critic_optim = _optims()
     cfg = LearnerConfig(num_ranks=ranks, zero_stage=stage, micro_batch_size=N_ROWS // ranks, cpus_per_rank=1)
     group = PPOLearnerGroup(ModelSpec(models[0], "causal_lm", 0), ModelSpec(models[1], "scalar", 0), cfg,

@@ -47,7 +47,8 @@ def test_every_loss_field_but_temperature_is_an_algo_field():
     # the derivation goes by name: a loss field missing from PPOAlgoConfig would silently keep its default
     algo_fields = {f.name for f in dataclasses.fields(PPOAlgoConfig)}
     loss_fields = {f.name for f in dataclasses.fields(PPOLossConfig)}
-    derived = {"temperature", "kl_loss_coef", "critic"}  # from the rollout config / kl_coef + kl_penalty / advantage
+    # from the rollout config / kl_coef + kl_penalty / advantage / the learner config
+    derived = {"temperature", "kl_loss_coef", "critic", "forward_max_tokens"}
     assert loss_fields - algo_fields == derived
     assert loss_fields == derived | {"clip_eps", "clip_eps_high", "value_clip", "vf_coef", "entropy_coef", "ptx_coef"}
 
@@ -58,6 +59,16 @@ def test_loss_config_derives_the_kl_term_and_the_critic(advantage, kl_penalty, c
     algo = PPOAlgoConfig(advantage=advantage, kl_penalty=kl_penalty, kl_coef=0.07)
     got = PPOLossConfig.from_config(algo, temperature=1.0, ptx=False)
     assert (got.critic, got.kl_loss_coef) == (critic, kl_loss_coef)
+
+
+@pytest.mark.parametrize("stage, budget, want", [(2, 1536, 1536), (0, 0, 0), (3, 1536, 0)])
+def test_loss_config_takes_the_forward_budget_from_the_learner_but_not_under_zero3(stage, budget, want):
+    """ZeRO-3 gathers the parameters collectively in every forward: the ranks' forward counts must match."""
+    from rlhf_dist.config.learner import LearnerConfig
+
+    learner = LearnerConfig(zero_stage=stage, forward_max_tokens=budget)
+    assert PPOLossConfig.from_config(ALGO, temperature=1.0, ptx=False, learner=learner).forward_max_tokens == want
+    assert PPOLossConfig.from_config(ALGO, temperature=1.0, ptx=False).forward_max_tokens == 0
 
 
 # ----------------------------------------------------------------------------- learner_metrics

@@ -25,7 +25,7 @@ from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.data.sampling import shard
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 from rlhf_dist.engines.deepspeed_engine import grad_accum_steps
-from rlhf_dist.runtime import RunStopped
+from rlhf_dist.runtime import RunStopped, actor_thread_env
 
 
 # Resources that exist (checked first: rlhf_dist/actors/resources.py) are placed in seconds; a
@@ -352,4 +352,4 @@ def _worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
+    return {**env, **actor_thread_env()}

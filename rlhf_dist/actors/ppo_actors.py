@@ -76,7 +76,7 @@ class PPOActors:
             raise ValueError("ppo.advantage=gae trains a critic: give its start with critic=DIR or reward_model=DIR")
         self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), critic,
                                        cfg.learner, cfg.optim, cfg.critic_optim, p.minibatch_size, total_steps, data.pad_id,
-                                       PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx)))
+                                       PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx), learner=cfg.learner))
         self.rollout.wait_ready()
         # A replaced rollout worker gets the learner's current weights (the version is checked on arrival).
         self.version = 0

@@ -62,11 +62,12 @@ class PPOLearnerWorker(LearnerWorker):
                                            self.policy.device)
             return out
         real = len(micro_tables) - n_padding
+        budget = self.loss_cfg.forward_max_tokens
         out = old_logprobs_and_values(self.policy.engine, critic, micro_tables[:real], self.pad_id,
-                                      self.loss_cfg.temperature, self.policy.device) if real else None
+                                      self.loss_cfg.temperature, self.policy.device, budget) if real else None
         if n_padding:
             old_logprobs_and_values(self.policy.engine, critic, micro_tables[real:], self.pad_id,
-                                    self.loss_cfg.temperature, self.policy.device)
+                                    self.loss_cfg.temperature, self.policy.device, budget)
         return out
 
     def ppo_step(self, micro_tables: Sequence[pa.Table], ptx_micro_items: Sequence[Sequence] | None,

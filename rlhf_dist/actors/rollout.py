@@ -17,7 +17,7 @@ from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
 from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
-from rlhf_dist.runtime import vllm_cpu_env
+from rlhf_dist.runtime import actor_thread_env, vllm_cpu_env
 
 ENGINE_START_TIMEOUT_S = 900.0
 
@@ -40,6 +40,7 @@ class RolloutWorker(WeightSyncActorMixin):
         self.worker_id = worker_id
         self.engine = VLLMRolloutEngine(model_dir, seed=seed, max_model_len=max_model_len, dtype=dtype,
                                         tensor_parallel_size=tensor_parallel_size, **kwargs)
+        self.warm_up_s = self.engine.warm_up()  # while the other roles start, not in the first iteration
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
                  max_new_tokens: int, temperature: float, seed: int):
@@ -53,10 +54,11 @@ class RolloutWorker(WeightSyncActorMixin):
 
 def rollout_env(threads: int | None = None) -> dict[str, str]:
     """Environment of a rollout actor: vLLM's engine core in the actor's own process on CPU (one
-    process per worker instead of two), the vLLM CPU defaults of `rlhf_dist.runtime`, and with
+    process per worker instead of two), the vLLM CPU and OpenMP defaults of `rlhf_dist.runtime`, and with
     `threads` the engine's CPU threads (else Ray's: one per whole CPU of the actor, at least one)."""
     env = {
         **vllm_cpu_env(),
+        **actor_thread_env(),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",

@@ -35,3 +35,6 @@ class LearnerConfig:
     cpus_per_rank: float = param(1.0, "Ray CPUs reserved per rank", ge=0)
     gpus_per_rank: float = param(0.0, "Ray GPUs per rank (1 on GPU clusters)", ge=0)
     torch_threads: int = param(0, "torch threads per rank on CPU (0: cpus_per_rank)", ge=0)
+    forward_max_tokens: int = param(2048, "PPO: a micro-batch's rows are forwarded in length-sorted groups of at most "
+                                          "this many padded tokens, so little padding is computed (0: one forward; "
+                                          "ZeRO-3: always one; GPUs: e.g. 16384)", ge=0)

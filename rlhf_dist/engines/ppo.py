@@ -29,7 +29,7 @@ from rlhf_dist.algo import (
     value_loss,
 )
 from rlhf_dist.buffer import TrajectoryTensors, per_token_column, to_padded
-from rlhf_dist.models.forward import response_logits
+from rlhf_dist.models.forward import by_length, response_logits
 
 def train_columns(cfg: "PPOLossConfig", table: pa.Table) -> list[str]:
     """The per-token columns a PPO micro-step reads from its rows."""
@@ -51,37 +51,51 @@ class PPOLossConfig:
     ptx_coef: float = 0.0
     kl_loss_coef: float = 0.0  # beta of the k3 KL(pi || ref) loss term (ppo.kl_penalty=loss)
     critic: bool = True  # GAE trains a critic; the critic-free estimators build none
+    forward_max_tokens: int = 0  # learner.forward_max_tokens (0: one forward per micro-batch)
 
     @classmethod
-    def from_config(cls, algo, temperature: float, ptx: bool) -> "PPOLossConfig":
-        """Derived from a `PPOAlgoConfig` by field name; `ptx_coef` is 0 when the run has no ptx data."""
-        derived = ("temperature", "ptx_coef", "kl_loss_coef", "critic")
+    def from_config(cls, algo, temperature: float, ptx: bool, learner=None) -> "PPOLossConfig":
+        """Derived from a `PPOAlgoConfig` by field name; `ptx_coef` is 0 when the run has no ptx data;
+        `forward_max_tokens` from the `LearnerConfig`, 0 under ZeRO-3, whose every forward gathers the
+        parameters collectively: the ranks must make the same number of forward calls."""
+        derived = ("temperature", "ptx_coef", "kl_loss_coef", "critic", "forward_max_tokens")
         names = [f.name for f in fields(cls) if f.name not in derived]
+        budget = learner.forward_max_tokens if learner is not None and learner.zero_stage != 3 else 0
         return cls(temperature=temperature, ptx_coef=algo.ptx_coef if ptx else 0.0,
                    kl_loss_coef=algo.kl_coef if algo.kl_penalty == "loss" else 0.0, critic=algo.advantage == "gae",
-                   **{n: getattr(algo, n) for n in names})
+                   forward_max_tokens=budget, **{n: getattr(algo, n) for n in names})
 
 
-def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
+def policy_forward(policy, t: TrajectoryTensors, temperature: float, with_entropy: bool = False, entropy_grad: bool = False,
+                   max_tokens: int = 0):
     """log pi_T of each response token (B, T) fp32, and optionally the entropy of pi_T (B, T),
-    differentiable only with `entropy_grad` (an entropy bonus; otherwise it is a statistic)."""
-    logits = response_logits(policy, t)  # TrajectoryTensors has PaddedBatch's attributes
-    logp = logprobs_from_logits(logits, t.response_ids, temperature)
-    if not with_entropy:
-        return logp, None
-    if entropy_grad:
-        return logp, entropy_from_logits(logits, temperature)
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach(), temperature)
-    return logp, entropy
+    differentiable only with `entropy_grad` (an entropy bonus; otherwise it is a statistic).
+    `max_tokens`: rows forwarded in length-sorted groups of at most that many padded tokens (`by_length`)."""
+
+    def forward(b):
+        logits = response_logits(policy, b)
+        logp = logprobs_from_logits(logits, b.response_ids, temperature)
+        if not with_entropy:
+            return logp, None
+        if entropy_grad:
+            return logp, entropy_from_logits(logits, temperature)
+        with torch.no_grad():
+            return logp, entropy_from_logits(logits.detach(), temperature)
+
+    return by_length(forward, t, max_tokens)
 
 
-def critic_forward(critic, t: TrajectoryTensors) -> torch.Tensor:
+def critic_forward(critic, t: TrajectoryTensors, max_tokens: int = 0) -> torch.Tensor:
     """V(s_t) for each response token: the critic's output at the state BEFORE y_t, i.e. at column
-    P + t - 1 (TRL/N+: `full_value[:, context_length - 1 : -1]`). (B, T) fp32."""
-    values = critic(t.input_ids, t.attention_mask, t.position_ids)
-    P, T = t.prompt_len, t.response_mask.shape[1]
-    return values[:, P - 1 : P + T - 1].float()
+    P + t - 1 (TRL/N+: `full_value[:, context_length - 1 : -1]`). (B, T) fp32. `max_tokens`: as in
+    `policy_forward`."""
+
+    def forward(b):
+        values = critic(b.input_ids, b.attention_mask, b.position_ids)
+        P, T = b.prompt_len, b.response_mask.shape[1]
+        return (values[:, P - 1 : P + T - 1].float(),)
+
+    return by_length(forward, t, max_tokens)[0]
 
 
 def _as_columns(parts: Sequence[tuple], lengths: Sequence) -> tuple[pa.Array, ...]:
@@ -98,7 +112,7 @@ def _as_columns(parts: Sequence[tuple], lengths: Sequence) -> tuple[pa.Array, ..
 
 
 def old_logprobs_and_values(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int, temperature: float,
-                            device) -> tuple[pa.Array, pa.Array, pa.Array]:
+                            device, max_tokens: int = 0) -> tuple[pa.Array, pa.Array, pa.Array]:
     """For every row: log pi_old of the response tokens, V_old, and the policy's entropy, as
     list<float32> arrays in row order. "Old" = the weights before this iteration's PPO epochs:
     recomputed here rather than taken from vLLM (verl/OpenRLHF default; the vLLM gap is logged)."""
@@ -106,8 +120,8 @@ def old_logprobs_and_values(policy, critic, micro_tables: Sequence[pa.Table], pa
     with torch.no_grad():
         for table in micro_tables:
             t = to_padded(table, pad_id, columns=[]).to(device)
-            logp, entropy = policy_forward(policy, t, temperature, with_entropy=True)
-            parts.append((logp, entropy, critic_forward(critic, t) if critic is not None else None))
+            logp, entropy = policy_forward(policy, t, temperature, with_entropy=True, max_tokens=max_tokens)
+            parts.append((logp, entropy, critic_forward(critic, t, max_tokens) if critic is not None else None))
             lengths.append(t.response_mask.sum(1).cpu().numpy())
     logp, entropy, values = _as_columns(parts, lengths)
     return logp, values, entropy
@@ -127,8 +141,9 @@ def kept_forwards(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int,
     kept, lengths = [], []
     for table in micro_tables:
         t = to_padded(table, pad_id, columns=[]).to(device)
-        logp, entropy = policy_forward(policy, t, cfg.temperature, with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
-        kept.append((logp, entropy, critic_forward(critic, t) if critic is not None else None))
+        logp, entropy = policy_forward(policy, t, cfg.temperature, with_entropy=True, entropy_grad=bool(cfg.entropy_coef),
+                                       max_tokens=cfg.forward_max_tokens)
+        kept.append((logp, entropy, critic_forward(critic, t, cfg.forward_max_tokens) if critic is not None else None))
         lengths.append(t.response_mask.sum(1).cpu().numpy())
     logp, entropy, values = _as_columns(kept, lengths)
     return (logp, values, entropy), kept
@@ -151,7 +166,7 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
     # (InstructGPT eq. 2; one backward of the sum = the two gradients accumulated).
     if forwards is None:
         logp, entropy = policy_forward(policy_engine.engine, t, cfg.temperature, with_entropy=True,
-                                       entropy_grad=bool(cfg.entropy_coef))
+                                       entropy_grad=bool(cfg.entropy_coef), max_tokens=cfg.forward_max_tokens)
     else:
         logp, entropy, kept_values = forwards
     pg_tokens, pg_stats = policy_loss(logp, c["old_logprobs"], c["advantages"], mask, cfg.clip_eps, cfg.clip_eps_high)
@@ -190,7 +205,7 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
         return stats
 
     # Critic: clipped value loss against the GAE returns.
-    v = critic_forward(critic_engine.engine, t) if forwards is None else kept_values
+    v = critic_forward(critic_engine.engine, t, cfg.forward_max_tokens) if forwards is None else kept_values
     vf_tokens, vf_stats = value_loss(v, c["values"], c["returns"], mask, cfg.value_clip)
     critic_engine.micro_step(cfg.vf_coef * aggregate_loss(vf_tokens, mask, "token_mean", token_normalizer))
     stats["vf_loss_sum"] = masked_sum(vf_tokens, mask).item()

@@ -70,3 +70,46 @@ def pad_prompt_response(
         response_mask=attention_mask[:, P:].bool(),
         prompt_len=P,
     )
+
+
+def length_groups(prompt_lens: torch.Tensor, response_lens: torch.Tensor, max_tokens: int,
+                  max_rows: int | None = None) -> list[torch.Tensor]:
+    """Rows sorted by length and cut into forward groups, so that a forward pass computes little padding.
+
+    prompt_lens, response_lens: (B,) long. A group is padded to its own longest prompt + longest
+    response; rows are added in order of total length while rows x that padded length stays within
+    `max_tokens` (and the rows within `max_rows`); a row longer than the budget is a group of its
+    own. `max_tokens` 0 = no token budget. -> row-index tensors (long) that together hold every row
+    once (the same budget idea as verl's dynamic batch size and OpenRLHF's sample packing, with
+    padding instead of varlen attention, which CPU attention does not offer).
+    """
+    order = torch.argsort(prompt_lens + response_lens, stable=True).tolist()
+    p, r = prompt_lens.tolist(), response_lens.tolist()
+    groups, current, longest_p, longest_r = [], [], 0, 0
+    for i in order:
+        lp, lr = max(longest_p, p[i]), max(longest_r, r[i])
+        full = (max_tokens and (len(current) + 1) * (lp + lr) > max_tokens) or (max_rows and len(current) == max_rows)
+        if current and full:
+            groups.append(current)
+            current, lp, lr = [], p[i], r[i]
+        current.append(i)
+        longest_p, longest_r = lp, lr
+    if current:
+        groups.append(current)
+    return [torch.tensor(g, dtype=torch.long) for g in groups]
+
+
+def select_rows(batch, rows: torch.Tensor) -> PaddedBatch:
+    """The rows `rows` of a PaddedBatch-shaped batch (PaddedBatch or TrajectoryTensors), padded to their
+    own longest prompt P' and response T' only. -> PaddedBatch (b, P' + T').
+
+    Left-padded prompts and right-padded responses mean the dropped columns are padding in every
+    kept row, so the position ids (counted over real tokens) and the logits do not change.
+    """
+    P = batch.prompt_len
+    prompt_lens = batch.attention_mask[rows, :P].sum(1)
+    response_mask = batch.response_mask[rows]
+    Pg, Tg = int(prompt_lens.max()), int(response_mask.sum(1).max())
+    cols = slice(P - Pg, P + Tg)
+    return PaddedBatch(batch.input_ids[rows, cols], batch.attention_mask[rows, cols], batch.position_ids[rows, cols],
+                       response_mask[:, :Tg], Pg)
