@@ -95,6 +95,7 @@ class VLLMRolloutEngine:
                 max_tokens=max_new_tokens,
                 logprobs=0,
                 seed=None if seed is None else seed + i,
+                detokenize=False,  # token ids are what PPO needs; the text costs 8% of sampling on CPU
             )
             for i in range(len(prompts))
         ]
