@@ -40,16 +40,19 @@ def apply_vllm_cpu_env() -> None:
         os.environ.setdefault(key, value)
 
 
-# OpenMP threads of every actor sleep when they wait instead of spinning. The roles share the CPUs
-# (with rollout.overlap the next batch is sampled and scored while the learner trains), and a
-# spinning thread burns the core that a preempted sibling needs: on 2 cores this took the learner's
-# update under overlap from 5.7 s to 4.6 s (docs/results.md). Values already in the environment win.
-ACTOR_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# With rollout.overlap the roles share the CPUs by design (the next batch is sampled and scored
+# while the learner trains), and an OpenMP thread that spins while it waits burns the core that a
+# preempted sibling needs: sleeping instead took the learner's update on 2 cores from 5.7 s to
+# 4.6 s. A role that runs alone loses by it (the pretraining stage's 2-thread learner took 356 s
+# instead of 271 s), so only the actors of an overlapped run get it (docs/stack.md). Values already
+# in the environment win.
+SHARED_CORES_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def actor_thread_env() -> dict[str, str]:
-    """The OpenMP defaults of every Ray actor, overridden by the current environment's own values."""
-    return {key: os.environ.get(key, default) for key, default in ACTOR_THREAD_ENV.items()}
+def shared_cores_env(shared: bool) -> dict[str, str]:
+    """The OpenMP settings of an actor whose cores other roles use at the same time (`shared`), else
+    none; the current environment's own values win."""
+    return {key: os.environ.get(key, default) for key, default in SHARED_CORES_ENV.items()} if shared else {}
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

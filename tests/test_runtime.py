@@ -81,17 +81,14 @@ def test_apply_vllm_cpu_env_sets_only_what_is_unset(monkeypatch):
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
 
 
-def test_every_actor_role_gets_passive_openmp_waiting_unless_the_environment_says_otherwise(monkeypatch):
-    from rlhf_dist.actors.learner_group import _worker_env
-    from rlhf_dist.actors.rollout import rollout_env
-    from rlhf_dist.runtime import actor_thread_env
+def test_shared_cores_get_passive_openmp_waiting_unless_the_environment_says_otherwise(monkeypatch):
+    from rlhf_dist.runtime import shared_cores_env
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert actor_thread_env() == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert rollout_env(2)["OMP_WAIT_POLICY"] == "PASSIVE" and rollout_env(2)["OMP_NUM_THREADS"] == "2"
-    assert _worker_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert shared_cores_env(True) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert shared_cores_env(False) == {}
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert rollout_env()["OMP_WAIT_POLICY"] == "ACTIVE" and _worker_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert shared_cores_env(True) == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
 def read_tb_scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:

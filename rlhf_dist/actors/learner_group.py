@@ -25,7 +25,7 @@ from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.data.sampling import shard
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 from rlhf_dist.engines.deepspeed_engine import grad_accum_steps
-from rlhf_dist.runtime import RunStopped, actor_thread_env
+from rlhf_dist.runtime import RunStopped
 
 
 # Resources that exist (checked first: rlhf_dist/actors/resources.py) are placed in seconds; a
@@ -234,8 +234,9 @@ class LearnerGroup:
         # All ranks must join the rendezvous at once: call setup on every worker before waiting.
         self.info = self._get([w.setup.remote(addr, port, spec, cfg, optim, global_batch, total_steps, pad_id) for w in self.workers])
 
-    def _spawn(self, worker_cls, cfg: LearnerConfig) -> list:
-        """A placement group with one bundle per rank, and one actor per rank in its bundle."""
+    def _spawn(self, worker_cls, cfg: LearnerConfig, env: dict[str, str] | None = None) -> list:
+        """A placement group with one bundle per rank, and one actor per rank in its bundle (`env`:
+        extra environment variables of the ranks)."""
         bundle = {"CPU": cfg.cpus_per_rank}
         if cfg.gpus_per_rank:
             bundle["GPU"] = cfg.gpus_per_rank
@@ -247,7 +248,7 @@ class LearnerGroup:
                 num_cpus=cfg.cpus_per_rank,
                 num_gpus=cfg.gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=r),
-                runtime_env={"env_vars": _worker_env()},
+                runtime_env={"env_vars": {**_worker_env(), **(env or {})}},
             ).remote(r, cfg.num_ranks, cfg.torch_threads or max(1, int(cfg.cpus_per_rank)))
             for r in range(cfg.num_ranks)
         ]
@@ -352,4 +353,4 @@ def _worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
-    return {**env, **actor_thread_env()}
+    return env

@@ -22,7 +22,7 @@ from rlhf_dist.data import prompt_text
 from rlhf_dist.data.ppo_data import PPOData
 from rlhf_dist.engines.ppo import PPOLossConfig
 from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
-from rlhf_dist.runtime import ensure_ray
+from rlhf_dist.runtime import ensure_ray, shared_cores_env
 
 
 def ppo_roles(cfg: PPOConfig) -> list[Role]:
@@ -56,27 +56,29 @@ class PPOActors:
         if fn_spec:
             load_reward_fn(fn_spec)
         start = time.perf_counter()
+        env = shared_cores_env(r.overlap)  # with overlap the roles run at the same time on the same cores
         max_len = cfg.max_prompt_len + r.max_new_tokens + 8
         self.rollout = RolloutGroup(data.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
-                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads)  # engines start meanwhile
+                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env)  # engines start meanwhile
         self.reward_reads_text = bool(fn_spec or gold_task)
         self.reward_desc = " + ".join(  # for the start-up line
             (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])
             + ([f"reward function gold scorer of {gold_task}"] if gold_task else []))
         self.reward = ScorerPool(RewardActor, cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor,
                                  rm_path, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype, fn_spec, gold_task,
-                                 data.sft, max_restarts=cfg.max_restarts)
+                                 data.sft, max_restarts=cfg.max_restarts, env=env)
         self.reference = ScorerPool(ReferenceActor, cfg.reference.num_actors, cfg.reference.cpus_per_actor,
                                     cfg.reference.gpus_per_actor, data.sft, data.pad_id, r.temperature,
-                                    cfg.reference.micro_batch_size, cfg.reference.dtype, max_restarts=cfg.max_restarts)
+                                    cfg.reference.micro_batch_size, cfg.reference.dtype, max_restarts=cfg.max_restarts, env=env)
         total_steps = cfg.iterations * p.epochs * self.minibatches_per_epoch
         critic = ModelSpec(data.critic, "scalar", cfg.seed) if p.advantage == "gae" else None  # critic-free: no engine
         if critic is not None and not data.critic:
             raise ValueError("ppo.advantage=gae trains a critic: give its start with critic=DIR or reward_model=DIR")
         self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), critic,
                                        cfg.learner, cfg.optim, cfg.critic_optim, p.minibatch_size, total_steps, data.pad_id,
-                                       PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx), learner=cfg.learner))
+                                       PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx), learner=cfg.learner),
+                                       env=env)
         self.rollout.wait_ready()
         # A replaced rollout worker gets the learner's current weights (the version is checked on arrival).
         self.version = 0

@@ -146,10 +146,10 @@ class PPOLearnerGroup(LearnerGroup):
 
     def __init__(self, policy: ModelSpec, critic: ModelSpec | None, cfg: LearnerConfig, policy_optim: OptimConfig,
                  critic_optim: OptimConfig, minibatch_size: int, total_steps: int, pad_id: int,
-                 loss_cfg: PPOLossConfig) -> None:
+                 loss_cfg: PPOLossConfig, env: dict[str, str] | None = None) -> None:
         self.cfg, self.global_batch, self.has_critic = cfg, minibatch_size, critic is not None
         self.grad_accum = grad_accum_steps(minibatch_size, cfg.micro_batch_size, cfg.num_ranks)
-        self.workers = self._spawn(PPOLearnerWorker, cfg)
+        self.workers = self._spawn(PPOLearnerWorker, cfg, env)
         addr, port = self._get(self.workers[0].address.remote())
         self.info = self._get([w.setup_ppo.remote(addr, port, policy, critic, cfg, policy_optim, critic_optim,
                                                 minibatch_size, total_steps, pad_id, loss_cfg) for w in self.workers])

@@ -17,7 +17,7 @@ from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
 from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
-from rlhf_dist.runtime import actor_thread_env, vllm_cpu_env
+from rlhf_dist.runtime import vllm_cpu_env
 
 ENGINE_START_TIMEOUT_S = 900.0
 
@@ -54,11 +54,10 @@ class RolloutWorker(WeightSyncActorMixin):
 
 def rollout_env(threads: int | None = None) -> dict[str, str]:
     """Environment of a rollout actor: vLLM's engine core in the actor's own process on CPU (one
-    process per worker instead of two), the vLLM CPU and OpenMP defaults of `rlhf_dist.runtime`, and with
+    process per worker instead of two), the vLLM CPU defaults of `rlhf_dist.runtime`, and with
     `threads` the engine's CPU threads (else Ray's: one per whole CPU of the actor, at least one)."""
     env = {
         **vllm_cpu_env(),
-        **actor_thread_env(),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
@@ -98,9 +97,9 @@ class RolloutGroup:
     def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
                  num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, max_restarts: int = 3, wait: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, env: dict[str, str] | None = None) -> None:
         actor = ray.remote(RolloutWorker).options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
-                                                  runtime_env={"env_vars": rollout_env(threads)})
+                                                  runtime_env={"env_vars": {**rollout_env(threads), **(env or {})}})
         self._start = lambda w: actor.remote(model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size,
                                              gpu_memory_utilization)
         self._asked = f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU"

@@ -12,7 +12,6 @@ import ray
 from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds
 from rlhf_dist.engines.reward_fn import RewardFunctionError
-from rlhf_dist.runtime import actor_thread_env
 
 
 class RewardActor:
@@ -62,10 +61,11 @@ class ScorerPool:
     An actor that dies is replaced (at most `max_restarts` times in a run) and its rows are scored
     again: a row never gets a made-up score."""
 
-    def __init__(self, actor_cls, num_actors: int, num_cpus: float, num_gpus: float, *args, max_restarts: int = 3) -> None:
+    def __init__(self, actor_cls, num_actors: int, num_cpus: float, num_gpus: float, *args, max_restarts: int = 3,
+                 env: dict[str, str] | None = None) -> None:
         remote = ray.remote(actor_cls).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-                                                                         **actor_thread_env()}})
+                                                                         **(env or {})}})
         self._start = lambda: remote.remote(*args)
         self.name = actor_cls.__name__
         self.actors = [self._start() for _ in range(num_actors)]
