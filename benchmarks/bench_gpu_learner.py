@@ -57,7 +57,8 @@ def build_models(size: str, seed: int):
                          eos_token_id=2, attn_implementation="sdpa")
     torch.manual_seed(seed)
     policy = LlamaForCausalLM(config)
-    critic = ScalarHeadModel(LlamaForSequenceClassification(LlamaConfig(**{**config.to_dict(), "num_labels": 1})))
+    head = {"num_labels": 1, "id2label": {0: "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    critic = ScalarHeadModel(LlamaForSequenceClassification(LlamaConfig(**{**config.to_dict(), **head})))
     critic.config.reward_bias = 0.0
     return policy, critic, config
 
