@@ -46,7 +46,6 @@ class PPOLearnerWorker(LearnerWorker):
     def _engines(self):
         return [e for e in (self.policy, self.critic) if e is not None]
 
-
     def forward_old(self, micro_tables: Sequence[pa.Table], n_padding: int = 0, keep: bool = False):
         """(old log-probs, values, entropy) list arrays of the real micro-batches; the last
         `n_padding` ones only keep ZeRO-3's collective forwards in step across ranks. `keep`: the
@@ -210,4 +209,3 @@ class PPOLearnerGroup(LearnerGroup):
         self._get([w.save_model.remote(str(policy_dir), str(tokenizer_path), "policy") for w in self.workers])
         if self.has_critic:
             self._get([w.save_model.remote(str(critic_dir), str(tokenizer_path), "critic") for w in self.workers])
-

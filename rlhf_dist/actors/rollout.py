@@ -40,7 +40,7 @@ class RolloutWorker(WeightSyncActorMixin):
         self.worker_id = worker_id
         self.engine = VLLMRolloutEngine(model_dir, seed=seed, max_model_len=max_model_len, dtype=dtype,
                                         tensor_parallel_size=tensor_parallel_size, **kwargs)
-        self.warm_up_s = self.engine.warm_up()  # while the other roles start, not in the first iteration
+        self.engine.warm_up()  # while the other roles start, not in the first iteration
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
                  max_new_tokens: int, temperature: float, seed: int):

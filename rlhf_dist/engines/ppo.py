@@ -116,14 +116,9 @@ def old_logprobs_and_values(policy, critic, micro_tables: Sequence[pa.Table], pa
     """For every row: log pi_old of the response tokens, V_old, and the policy's entropy, as
     list<float32> arrays in row order. "Old" = the weights before this iteration's PPO epochs:
     recomputed here rather than taken from vLLM (verl/OpenRLHF default; the vLLM gap is logged)."""
-    parts, lengths = [], []
     with torch.no_grad():
-        for table in micro_tables:
-            t = to_padded(table, pad_id, columns=[]).to(device)
-            logp, entropy = policy_forward(policy, t, temperature, with_entropy=True, max_tokens=max_tokens)
-            parts.append((logp, entropy, critic_forward(critic, t, max_tokens) if critic is not None else None))
-            lengths.append(t.response_mask.sum(1).cpu().numpy())
-    logp, entropy, values = _as_columns(parts, lengths)
+        (logp, entropy, values), _ = _trajectory_forwards(policy, critic, micro_tables, pad_id, temperature, False,
+                                                          max_tokens, device)
     return logp, values, entropy
 
 
@@ -138,15 +133,23 @@ def kept_forwards(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int,
     two forwards: one policy and one critic forward less per iteration. -> (the three arrays as
     `old_logprobs_and_values` returns them, [(logp, entropy, values) (B, T) with graphs] per
     micro-batch)."""
-    kept, lengths = [], []
+    (logp, entropy, values), kept = _trajectory_forwards(policy, critic, micro_tables, pad_id, cfg.temperature,
+                                                         bool(cfg.entropy_coef), cfg.forward_max_tokens, device)
+    return (logp, values, entropy), kept
+
+
+def _trajectory_forwards(policy, critic, micro_tables: Sequence[pa.Table], pad_id: int, temperature: float,
+                         entropy_grad: bool, max_tokens: int, device) -> tuple[tuple, list[tuple]]:
+    """Policy (log-probs, entropy) and critic forwards of each micro-batch. -> (the three list<float32>
+    columns in row order (values None without a critic), [(logp, entropy, values) (B, T)] per micro-batch)."""
+    parts, lengths = [], []
     for table in micro_tables:
         t = to_padded(table, pad_id, columns=[]).to(device)
-        logp, entropy = policy_forward(policy, t, cfg.temperature, with_entropy=True, entropy_grad=bool(cfg.entropy_coef),
-                                       max_tokens=cfg.forward_max_tokens)
-        kept.append((logp, entropy, critic_forward(critic, t, cfg.forward_max_tokens) if critic is not None else None))
+        logp, entropy = policy_forward(policy, t, temperature, with_entropy=True, entropy_grad=entropy_grad,
+                                       max_tokens=max_tokens)
+        parts.append((logp, entropy, critic_forward(critic, t, max_tokens) if critic is not None else None))
         lengths.append(t.response_mask.sum(1).cpu().numpy())
-    logp, entropy, values = _as_columns(kept, lengths)
-    return (logp, values, entropy), kept
+    return _as_columns(parts, lengths), parts
 
 
 def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dict | None, pad_id: int,

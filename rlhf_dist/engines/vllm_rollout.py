@@ -58,17 +58,13 @@ class VLLMRolloutEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0  # set by rlhf_dist.engines.weight_sync.push_weights
 
-    def warm_up(self) -> float:
+    def warm_up(self) -> None:
         """One small sampling call (8 prompts x 8 tokens), so that the first real batch does not pay
         the engine's one-time first-call cost (on CPU about 1.9 s of a 3.0 s first batch of 64
-        prompts x 64 tokens: docs/results.md). Requests are seeded one by one, so later samples do
-        not depend on this call. -> seconds."""
-        import time
-
-        start = time.perf_counter()
+        prompts x 64 tokens: docs/stack.md). Requests are seeded one by one, so later samples do
+        not depend on this call."""
         bos = self.tokenizer.bos_token_id
         self.generate([[bos if bos is not None else 0]] * 8, max_new_tokens=8, temperature=1.0, seed=0)
-        return time.perf_counter() - start
 
     def generate(
         self,
