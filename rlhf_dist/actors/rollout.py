@@ -16,6 +16,7 @@ import ray
 from rlhf_dist.actors.resources import wait_placed
 from rlhf_dist.actors.restarts import Restarts, get_replacing
 from rlhf_dist.buffer import balanced_bounds, concat, rollouts_to_batch
+from rlhf_dist.engines.vllm_rollout import CPU_ENGINE_PROCESS_ENV
 from rlhf_dist.engines.weight_sync import WeightSyncActorMixin
 from rlhf_dist.runtime import vllm_cpu_env
 
@@ -53,8 +54,8 @@ class RolloutWorker(WeightSyncActorMixin):
 
 
 def rollout_env(threads: int | None = None) -> dict[str, str]:
-    """Environment of a rollout actor: vLLM's engine core in the actor's own process on CPU (one
-    process per worker instead of two), the vLLM CPU defaults of `rlhf_dist.runtime`, and with
+    """Environment of a rollout actor: on CPU `CPU_ENGINE_PROCESS_ENV` (the engine core in the
+    actor's own process, no torch.compile), the vLLM CPU defaults of `rlhf_dist.runtime`, and with
     `threads` the engine's CPU threads (else Ray's: one per whole CPU of the actor, at least one)."""
     env = {
         **vllm_cpu_env(),
@@ -65,7 +66,7 @@ def rollout_env(threads: int | None = None) -> dict[str, str]:
     import torch
 
     if not torch.cuda.is_available():
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        env.update(CPU_ENGINE_PROCESS_ENV)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env

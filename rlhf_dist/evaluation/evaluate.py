@@ -30,14 +30,13 @@ written at the very end (atomically), so a failed run leaves nothing half-writte
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_dist.config import config_to_dict, parse_cli
 from rlhf_dist.config.evaluation import EvalConfig
 from rlhf_dist.evaluation.metrics import accuracy_by_part, fair_coin_ci95, labeler_ceiling, mean_ci95, mean_parts, seen_alone, standard_error
-from rlhf_dist.evaluation.sample_and_score import sample_and_score, subprocess_sampler
+from rlhf_dist.evaluation.sample_and_score import sample_and_score, sample_models
 
 
 def _chunks(items: list, size: int):
@@ -206,14 +205,11 @@ def evaluate_models(cfg: EvalConfig) -> dict:
           f"seed {cfg.seed}); baseline {base}; {len(inputs.pretrain_seqs)} pretraining sequences; "
           f"{len(inputs.comparisons)} held-out comparisons", flush=True)
 
-    # 1. One vLLM sample per prompt and model, in a child process each, before any model is
-    #    loaded here (so a GPU is the engine's alone). The same seed for every model: the
-    #    per-request random streams are equal, so differences come from the models, not the dice.
-    tables = {}
-    for name, path in cfg.models.items():
-        start = time.perf_counter()
-        tables[name] = subprocess_sampler(path, cfg.temperature, cfg.max_new_tokens, cfg.seed)(inputs.prompt_ids)
-        print(f"   sampled {name:<10} ({time.perf_counter() - start:.1f} s)", flush=True)
+    # 1. One vLLM sample per prompt and model, in a child process, before any model is loaded
+    #    here (so a GPU is the engine's alone); checkpoints of one model share one engine, their
+    #    weights swapped. The same seed for every model: the per-request random streams are
+    #    equal, so differences come from the models, not the dice.
+    tables = sample_models(cfg.models, inputs.prompt_ids, cfg.temperature, cfg.max_new_tokens, cfg.seed)
 
     # 2. Score every model's samples on the same engines: gold, the RM's proxy score, and the KL
     #    to the baseline (the policy's vLLM log-probs minus the baseline's at the same T).

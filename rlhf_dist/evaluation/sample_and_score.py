@@ -5,7 +5,7 @@
 
 Every measurement of samples goes through `sample_and_score`: PPO's periodic evaluation (its
 rollout workers with the current weights, its reward and reference actors), `rlhf-dist eval`
-(each model folder sampled in a child process; the RM and the baseline as in-process engines),
+(the model folders sampled in a child process; the RM and the baseline as in-process engines),
 best-of-n in the over-optimisation study, and SFT's gold report. What differs between them is
 only where the samples and the scores come from, which the caller passes as functions:
 
@@ -80,29 +80,44 @@ def sample_and_score(sample: Callable, prompts: Sequence, prompt_ids: Sequence[S
                         [bool(e) for e in table.column("finished_with_eos").to_pylist()])
 
 
+def sample_models(models: dict[str, str], prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                  seed: int) -> dict[str, object]:
+    """{name: pa.Table of rollout rows} for each model folder in `models`: one sample per prompt,
+    request i seeded seed + i (the same seed for every model gives every model the same random
+    streams). Sampled in a child process; folders of one model share one engine
+    (`rlhf_dist.engines.vllm_rollout.sample_jobs_in_subprocess`). Prints a line per model."""
+    from rlhf_dist.buffer import rollouts_to_batch
+    from rlhf_dist.engines.vllm_rollout import SampleJob, sample_jobs_in_subprocess
+
+    jobs = [SampleJob(str(path), [list(p) for p in prompt_ids], temperature, max_new_tokens, seed, name)
+            for name, path in models.items()]
+    return {name: rollouts_to_batch(rollouts, list(range(len(rollouts))), 0, 0)
+            for name, rollouts in zip(models, sample_jobs_in_subprocess(jobs))}
+
+
 def subprocess_sampler(model_dir: str, temperature: float, max_new_tokens: int, seed: int) -> Callable:
-    """`sample` for a model folder: one vLLM engine in a child process per call, request i seeded
-    seed + i (the same seed for every model gives every model the same random streams)."""
+    """`sample` for a model folder: `sample_models` of that folder alone, per call."""
 
     def sample(prompt_ids):
-        from rlhf_dist.buffer import rollouts_to_batch
-        from rlhf_dist.engines.vllm_rollout import sample_in_subprocess
-
-        rollouts = sample_in_subprocess(model_dir, prompt_ids, temperature, max_new_tokens, seed)
-        return rollouts_to_batch(rollouts, list(range(len(rollouts))), 0, 0)
+        return sample_models({"": model_dir}, prompt_ids, temperature, max_new_tokens, seed)[""]
 
     return sample
 
 
-def gold_of_samples(model_dir: str, prompts: Sequence, task, temperature: float, max_new_tokens: int, seed: int) -> dict:
-    """Mean gold score, EOS rate and mean length of one sample per prompt from a model folder,
-    plus the samples (SFT's before/after report)."""
+def gold_of_samples(models: dict[str, str], prompts: Sequence, task, temperature: float, max_new_tokens: int,
+                    seed: int) -> dict[str, dict]:
+    """Per model folder of `models` (one tokenizer): mean gold score, EOS rate and mean length of
+    one sample per prompt, plus the samples (SFT's before/after report)."""
     from rlhf_dist.data import format_prompts
     from rlhf_dist.models import load_tokenizer
 
-    tok = load_tokenizer(model_dir)
-    s = sample_and_score(subprocess_sampler(model_dir, temperature, max_new_tokens, seed), prompts,
-                         format_prompts(tok, prompts), task, tok)
-    summary = s.summary()
-    return {"gold_mean": summary["gold"], "eos_rate": summary["eos_rate"], "response_len": summary["response_len"],
-            "samples": [{"prompt": p, "response": y, "gold": g} for p, y, g in zip(prompts, s.responses, s.gold)]}
+    tok = load_tokenizer(next(iter(models.values())))
+    prompt_ids = format_prompts(tok, prompts)
+    tables = sample_models(models, prompt_ids, temperature, max_new_tokens, seed)
+    results = {}
+    for name, table in tables.items():
+        s = sample_and_score(lambda ids, table=table: table, prompts, prompt_ids, task, tok)
+        summary = s.summary()
+        results[name] = {"gold_mean": summary["gold"], "eos_rate": summary["eos_rate"], "response_len": summary["response_len"],
+                         "samples": [{"prompt": p, "response": y, "gold": g} for p, y, g in zip(prompts, s.responses, s.gold)]}
+    return results

@@ -23,26 +23,30 @@ from rlhf_dist.config.pipeline import LabelConfig
 from rlhf_dist.runtime import write_text_atomic
 
 
-def rank_samples(cfg: LabelConfig, prompts: list, task, labeler, seed: int) -> tuple[list[dict], int]:
-    """K samples per prompt, ranked. Prompts whose K responses are all identical carry no
-    preference and are dropped (counted)."""
+def rank_samples(cfg: LabelConfig, prompt_sets: list[list], task, labeler, seeds: list[int]) -> list[tuple[list[dict], int]]:
+    """K samples per prompt of each set (set j seeded seeds[j]; all sets in one engine), ranked:
+    per set (rows, dropped). Prompts whose K responses are all identical carry no preference and
+    are dropped (counted)."""
     from rlhf_dist.data import format_prompts, prompt_text
-    from rlhf_dist.engines.vllm_rollout import sample_in_subprocess
+    from rlhf_dist.engines.vllm_rollout import SampleJob, sample_jobs_in_subprocess
     from rlhf_dist.models import load_tokenizer
 
     tok = load_tokenizer(cfg.policy)
-    ids = format_prompts(tok, prompts)
-    rollouts = sample_in_subprocess(cfg.policy, [p for p in ids for _ in range(cfg.k)], cfg.temperature, cfg.max_new_tokens, seed)
-    texts = tok.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
-    rng = random.Random(f"{seed}/labeler")
-    rows, dropped = [], 0
-    for i, prompt in enumerate(prompts):
-        responses = texts[i * cfg.k:(i + 1) * cfg.k]
-        if len(set(responses)) == 1:
-            dropped += 1
-            continue
-        rows.append({"prompt": prompt, "responses": responses, "ranking": labeler.rank(prompt_text(prompt), responses, rng)})
-    return rows, dropped
+    jobs = [SampleJob(cfg.policy, [p for p in format_prompts(tok, prompts) for _ in range(cfg.k)], cfg.temperature,
+                      cfg.max_new_tokens, seed) for prompts, seed in zip(prompt_sets, seeds)]
+    results = []
+    for prompts, seed, rollouts in zip(prompt_sets, seeds, sample_jobs_in_subprocess(jobs)):
+        texts = tok.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=True)
+        rng = random.Random(f"{seed}/labeler")
+        rows, dropped = [], 0
+        for i, prompt in enumerate(prompts):
+            responses = texts[i * cfg.k:(i + 1) * cfg.k]
+            if len(set(responses)) == 1:
+                dropped += 1
+                continue
+            rows.append({"prompt": prompt, "responses": responses, "ranking": labeler.rank(prompt_text(prompt), responses, rng)})
+        results.append((rows, dropped))
+    return results
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -62,8 +66,10 @@ def label(cfg: LabelConfig) -> dict:
     held_prompts = load_prompts(Path(cfg.data) / "eval_prompts.jsonl")[-cfg.heldout_prompts:] if cfg.heldout_prompts else []
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, dropped = rank_samples(cfg, train_prompts, task, labeler, cfg.seed)
-    held, dropped_held = rank_samples(cfg, held_prompts, task, labeler, cfg.seed + 1) if held_prompts else ([], 0)
+    sets, seeds = ([train_prompts, held_prompts], [cfg.seed, cfg.seed + 1]) if held_prompts else ([train_prompts], [cfg.seed])
+    ranked = rank_samples(cfg, sets, task, labeler, seeds)
+    train, dropped = ranked[0]
+    held, dropped_held = ranked[1] if held_prompts else ([], 0)
     _write_jsonl(out / "comparisons.jsonl", train)
     _write_jsonl(out / "comparisons_heldout.jsonl", held)
     summary = {"comparisons": len(train), "comparisons_heldout": len(held), "dropped_identical": dropped + dropped_held,

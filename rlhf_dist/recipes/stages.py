@@ -97,8 +97,9 @@ def sft(cfg: SFTConfig) -> dict:
             print("   (no eval_prompts.jsonl: gold comparison skipped)")
         else:
             prompts = load_prompts(prompts_file)[: cfg.gold_prompts]
-            for name, model in (("init", cfg.init), ("sft", str(Path(cfg.out) / "model"))):
-                result = gold_of_samples(model, prompts, task, cfg.gold_temperature, cfg.max_new_tokens, cfg.seed)
+            models = {"init": cfg.init, "sft": str(Path(cfg.out) / "model")}
+            for name, result in gold_of_samples(models, prompts, task, cfg.gold_temperature, cfg.max_new_tokens,
+                                                cfg.seed).items():
                 summary[f"gold/{name}"] = result["gold_mean"]
                 summary[f"eos_rate/{name}"] = result["eos_rate"]
                 Path(cfg.out, f"samples_{name}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in result["samples"]))
