@@ -77,3 +77,16 @@ def test_identical_prompts_in_one_seeded_batch_get_independent_samples(engine):
     prompt = engine.tokenizer("the cat").input_ids
     rollouts = engine.generate([prompt] * 8, max_new_tokens=12, temperature=1.0, seed=11)
     assert len({tuple(r.response_ids) for r in rollouts}) > 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU environment")
+def test_rollout_actor_environment_on_cpu(monkeypatch):
+    """A CPU rollout actor: engine core in its own process, no torch.compile (the sampler's first
+    call would compile for ~2 s), `threads` as OpenMP threads, the environment's own vLLM values kept."""
+    from rlhf_dist.actors.rollout import rollout_env
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    env = rollout_env(threads=3)
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["TORCHDYNAMO_DISABLE"] == "1"
+    assert env["OMP_NUM_THREADS"] == "3" and env["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert "OMP_NUM_THREADS" not in rollout_env()
