@@ -15,8 +15,13 @@ log-prob pass compute), and log-probs + backward of their weighted sum (the lear
 each at 1 and 2 torch threads. Candidates are interleaved repeat by repeat (medians). Before
 timing, every budget's log-probs are checked against the plain path (max abs difference in the JSON).
 
+With `--profile`, also where the time of the default budget's passes goes at 2 threads
+(`torch.profiler`, self CPU time by operator, grouped: matrix multiplications, attention,
+element-wise ops, the rest), over 3 profiled repeats after 3 warm-ups.
+
     python benchmarks/bench_forward_groups.py            # about 2 min on 2 cores
     python benchmarks/bench_forward_groups.py --quick    # about 20 s
+    python benchmarks/bench_forward_groups.py --quick --profile
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ from rlhf_dist.models import load_causal_lm, pad_prompt_response
 from rlhf_dist.models.forward import by_length, response_logprobs
 
 ROWS, RESPONSE, VOCAB = 64, 64, 512
+DEFAULT_BUDGET = 2048  # learner.forward_max_tokens's default
+
+# Operator groups of the profile (aten names; the backward's names start with the same words).
+OP_GROUPS = {"matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::linear"),
+             "attention": ("aten::_scaled_dot_product", "aten::_flash_attention"),
+             "element-wise": ("aten::mul", "aten::add", "aten::silu", "aten::pow", "aten::neg", "aten::cat", "aten::rsqrt",
+                              "aten::mean", "aten::div", "aten::sub", "aten::exp", "aten::sigmoid", "aten::copy_",
+                              "aten::where", "aten::fill_", "aten::zero_", "aten::_log_softmax", "aten::gather",
+                              "aten::embedding_dense_backward", "aten::index")}
 
 
 def build_batch(root: Path, seed: int = 0):
@@ -57,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 budgets, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate (default 7; quick 3)")
+    parser.add_argument("--profile", action="store_true", help="also profile the default budget's passes by operator")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
@@ -103,7 +118,35 @@ def main() -> None:
                 rows.append({"threads": threads, "pass": what, "forward_max_tokens": b or "0 (one forward)",
                              "median ms": 1000 * s["median_s"], "x one forward": base / s["median_s"]})
     log(table(rows, list(rows[0]), "\nlog-probs of 64 trajectories, length-sorted groups vs one padded forward (medians)"))
+    if args.profile:
+        torch.set_num_threads(2)
+        result["profile"] = [profile_pass(what, lambda fn=fn: fn(DEFAULT_BUDGET)) for what, fn in
+                             (("forward", forward), ("forward+backward", update))]
+        prof_rows = [{"pass": p["pass"], **{f"{g} %": 100 * p["share"][g] for g in p["share"]}, "ms per pass": p["ms_per_pass"]}
+                     for p in result["profile"]]
+        log(table(prof_rows, list(prof_rows[0]), f"\nself CPU time by operator group, budget {DEFAULT_BUDGET}, 2 threads"))
     emit(result, args.json_out)
+
+
+def profile_pass(what: str, fn, warmups: int = 3, repeats: int = 3) -> dict:
+    """Self CPU time of `fn` by operator group (OP_GROUPS; "other" for the rest), over `repeats`
+    calls after `warmups`; the top operators by name too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmups):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            fn()
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(ops.values())
+    group_of = lambda name: next((g for g, prefixes in OP_GROUPS.items() if name.startswith(prefixes)), "other")  # noqa: E731
+    share = {g: 0.0 for g in (*OP_GROUPS, "other")}
+    for name, t in ops.items():
+        share[group_of(name)] += t / total
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:12]
+    return {"pass": what, "ms_per_pass": total / 1000 / repeats, "share": share,
+            "top_ops": [{"op": k, "share": t / total} for k, t in top]}
 
 
 if __name__ == "__main__":
