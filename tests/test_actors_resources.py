@@ -1,5 +1,6 @@
 """Impossible resource requests (rlhf_dist/actors/resources.py): refused before any actor starts,
-with one line naming what was asked and what exists; through the CLI within seconds."""
+with one line naming what was asked and what exists; through the CLI within seconds. Bad data
+found while the engines start stops them."""
 
 from __future__ import annotations
 
@@ -58,6 +59,35 @@ def test_ppo_refuses_an_impossible_request_within_seconds_and_writes_nothing(ove
     assert "Traceback" not in res.stderr
     assert time.perf_counter() - start < 60
     assert not out.exists()
+
+
+def test_bad_data_found_while_the_engines_start_stops_them_and_writes_nothing(ppo_models, tmp_path):
+    """The driver reads the data while the rollout engines start: a bad prompts file still ends the
+    run with one line naming the file and line, exit 2, and the started actors stopped."""
+    sft, rm, data = ppo_models
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the cat"}\n{"prompt": \n')
+    out = tmp_path / "run"
+    res = subprocess.run([str(EXE), "ppo", "--config", "configs/tiny.yaml", "--out", str(out), f"sft={sft}",
+                          f"reward_model={rm}", f"data={data}", f"prompts_file={prompts}", "eval_prompts=0"],
+                         capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{prompts}:2" in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+    deadline = time.time() + 15  # the local Ray instance stops its workers as the driver exits
+    while (left := [d.name for d in Path("/proc").iterdir()
+                    if d.name.isdigit() and _cmdline(d).startswith("ray::RolloutWorker")]) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, f"rollout worker processes left running: {left}"
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # the process ended meanwhile
+        return ""
 
 
 def test_sigterm_ends_a_ppo_run_promptly(ppo_models, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import ray
@@ -22,6 +23,7 @@ from rlhf_dist.data import prompt_text
 from rlhf_dist.data.ppo_data import PPOData
 from rlhf_dist.engines.ppo import PPOLossConfig
 from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
+from rlhf_dist.models import check_model_dir
 from rlhf_dist.runtime import ensure_ray, shared_cores_env
 
 
@@ -39,28 +41,44 @@ def ppo_roles(cfg: PPOConfig) -> list[Role]:
 class PPOActors:
     """The actors of one PPO run (all started in `__init__`; `shutdown` stops them)."""
 
-    def __init__(self, cfg: PPOConfig, data: PPOData) -> None:
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg: PPOConfig, load_data: Callable[[], PPOData]) -> None:
+        """Start every role. `load_data()` reads and checks the run's data (`load_ppo_data`); it
+        runs while the rollout engines start, the longest start of all (about 9 s of a CPU vLLM
+        engine's imports and set-up: docs/stack.md). If it raises, the started actors are stopped."""
+        self.cfg = cfg
         self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-batch")
+        r = cfg.rollout
+        # The reward of reward_source: a function spec is loaded here first, so a bad one stops the
+        # run in one line before any actor starts.
+        fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
+        if fn_spec:
+            load_reward_fn(fn_spec)
+        check_model_dir(cfg.sft, "sft")  # the rollout engines load it before the data is read
         ensure_ray(cfg.ray_address)
         check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
+        start = time.perf_counter()
+        env = shared_cores_env(r.overlap)  # with overlap the roles run at the same time on the same cores
+        max_len = cfg.max_prompt_len + r.max_new_tokens + 8
+        self.rollout = RolloutGroup(cfg.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
+                                    r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
+                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env)  # engines start meanwhile
+        try:
+            self._start_others(cfg, load_data(), env, start)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start_others(self, cfg: PPOConfig, data: PPOData, env: dict, start: float) -> None:
+        """The reward and reference actors and the learner group; then wait for every role."""
+        self.data = data
         r, p = cfg.rollout, cfg.ppo
         rows = cfg.prompts_per_iteration * r.samples_per_prompt
         self.minibatches_per_epoch = rows // p.minibatch_size
         self.ptx_per_minibatch = round(p.ptx_ratio * p.minibatch_size) if data.ptx else 0
-        # The reward of reward_source: RM weights only for rm / rm+fn; a function spec is loaded here
-        # first, so a bad one stops the run in one line before any actor starts.
+        # RM weights only for rm / rm+fn; the gold scorer only for reward_source=gold.
         rm_path = data.reward_model if cfg.reward_source in ("rm", "rm+fn") else ""
         fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
         gold_task = cfg.task if cfg.reward_source == "gold" else ""
-        if fn_spec:
-            load_reward_fn(fn_spec)
-        start = time.perf_counter()
-        env = shared_cores_env(r.overlap)  # with overlap the roles run at the same time on the same cores
-        max_len = cfg.max_prompt_len + r.max_new_tokens + 8
-        self.rollout = RolloutGroup(data.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
-                                    r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
-                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env)  # engines start meanwhile
         self.reward_reads_text = bool(fn_spec or gold_task)
         self.reward_desc = " + ".join(  # for the start-up line
             (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])

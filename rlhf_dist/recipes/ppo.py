@@ -43,9 +43,9 @@ def train_ppo(cfg: PPOConfig) -> dict:
     start, out = time.perf_counter(), Path(cfg.out)
     resuming = prepare_run_folder(out, cfg.resume, cfg.overwrite, checkpoint.RUN_ARTIFACTS)  # before anything is written
     cfg = find_or_build_models(cfg)  # sft=, reward_model= and data= filled in
-    data = load_ppo_data(cfg)
     task, p = load_task(cfg.task), cfg.ppo
-    actors = PPOActors(cfg, data)  # checks the cluster's resources before any actor starts
+    actors = PPOActors(cfg, lambda: load_ppo_data(cfg))  # the data is read while the engines start
+    data = actors.data
     log = None
     try:
         prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
