@@ -63,12 +63,12 @@ class PPOActors:
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
                                     max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env)  # engines start meanwhile
         try:
-            self._start_others(cfg, load_data(), env, start)
+            self._start_others(cfg, load_data(), fn_spec, env, start)
         except BaseException:
             self.shutdown()
             raise
 
-    def _start_others(self, cfg: PPOConfig, data: PPOData, env: dict, start: float) -> None:
+    def _start_others(self, cfg: PPOConfig, data: PPOData, fn_spec: str, env: dict, start: float) -> None:
         """The reward and reference actors and the learner group; then wait for every role."""
         self.data = data
         r, p = cfg.rollout, cfg.ppo
@@ -77,7 +77,6 @@ class PPOActors:
         self.ptx_per_minibatch = round(p.ptx_ratio * p.minibatch_size) if data.ptx else 0
         # RM weights only for rm / rm+fn; the gold scorer only for reward_source=gold.
         rm_path = data.reward_model if cfg.reward_source in ("rm", "rm+fn") else ""
-        fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
         gold_task = cfg.task if cfg.reward_source == "gold" else ""
         self.reward_reads_text = bool(fn_spec or gold_task)
         self.reward_desc = " + ".join(  # for the start-up line

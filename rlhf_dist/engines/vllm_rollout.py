@@ -190,9 +190,9 @@ def _sample_jobs_here(jobs: list[SampleJob]) -> list[list[Rollout]]:
     loads that folder's weights into it through the weight-sync receiver."""
     import time
 
-    from rlhf_dist.engines.weight_sync import EXTENSION_CLS, push_weights
-
     import torch
+
+    from rlhf_dist.engines.weight_sync import EXTENSION_CLS, push_weights
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core: starts in seconds
     if not torch.cuda.is_available():  # before vLLM imports torch._dynamo, which reads it
@@ -230,10 +230,8 @@ def sample_jobs_in_subprocess(jobs: Sequence[SampleJob]) -> list[list[Rollout]]:
     results: list = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")
     for members in groups.values():
-        part = [SampleJob(str(jobs[i].model_dir), [list(p) for p in jobs[i].prompt_ids], jobs[i].temperature,
-                          jobs[i].max_new_tokens, jobs[i].seed, jobs[i].name) for i in members]
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            for i, rollouts in zip(members, pool.submit(_sample_jobs_here, part).result()):
+            for i, rollouts in zip(members, pool.submit(_sample_jobs_here, [jobs[i] for i in members]).result()):
                 results[i] = rollouts
     return results
 
@@ -242,4 +240,5 @@ def sample_in_subprocess(model_dir: str, prompt_ids: Sequence[Sequence[int]], te
                          seed: int) -> list[Rollout]:
     """One vLLM sample per prompt (token ids in) from the model folder, request i seeded seed + i,
     in a child process (`sample_jobs_in_subprocess`)."""
-    return sample_jobs_in_subprocess([SampleJob(str(model_dir), list(prompt_ids), temperature, max_new_tokens, seed)])[0]
+    return sample_jobs_in_subprocess([SampleJob(str(model_dir), [list(p) for p in prompt_ids], temperature, max_new_tokens,
+                                                seed)])[0]

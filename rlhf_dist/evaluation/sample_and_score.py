@@ -89,8 +89,8 @@ def sample_models(models: dict[str, str], prompt_ids: Sequence[Sequence[int]], t
     from rlhf_dist.buffer import rollouts_to_batch
     from rlhf_dist.engines.vllm_rollout import SampleJob, sample_jobs_in_subprocess
 
-    jobs = [SampleJob(str(path), [list(p) for p in prompt_ids], temperature, max_new_tokens, seed, name)
-            for name, path in models.items()]
+    prompt_ids = [list(p) for p in prompt_ids]
+    jobs = [SampleJob(str(path), prompt_ids, temperature, max_new_tokens, seed, name) for name, path in models.items()]
     return {name: rollouts_to_batch(rollouts, list(range(len(rollouts))), 0, 0)
             for name, rollouts in zip(models, sample_jobs_in_subprocess(jobs))}
 
