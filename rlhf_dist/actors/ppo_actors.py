@@ -16,7 +16,7 @@ from rlhf_dist.actors.learner_group import ModelSpec
 from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
 from rlhf_dist.actors.resources import Role, check_resources
 from rlhf_dist.actors.rollout import RolloutGroup
-from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
+from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, RewardAndReferenceActor, ScorerPool
 from rlhf_dist.buffer import add_columns
 from rlhf_dist.config.ppo import PPOConfig
 from rlhf_dist.data import prompt_text
@@ -32,10 +32,19 @@ def ppo_roles(cfg: PPOConfig) -> list[Role]:
     r, lr = cfg.rollout, cfg.learner
     # With tensor parallelism vLLM starts its own GPU workers; the actor itself holds none.
     rollout_gpus = r.gpus_per_worker if r.tensor_parallel_size == 1 else float(r.tensor_parallel_size)
-    return [Role("rollout worker", r.num_workers, r.cpus_per_worker, rollout_gpus),
-            Role("reward actor", cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor),
-            Role("reference actor", cfg.reference.num_actors, cfg.reference.cpus_per_actor, cfg.reference.gpus_per_actor),
+    return [Role("rollout worker", r.num_workers, r.cpus_per_worker, rollout_gpus), *scorer_roles(cfg),
             Role("learner rank", lr.num_ranks, lr.cpus_per_rank, lr.gpus_per_rank)]
+
+
+def scorer_roles(cfg: PPOConfig) -> list[Role]:
+    """The reward and reference actors, or with `reference.colocate_with_reward` one actor per pair
+    holding both: both roles' CPUs (they score at the same time) and the larger GPU share (one device)."""
+    rw, ref = cfg.reward, cfg.reference
+    if ref.colocate_with_reward:
+        return [Role("reward + reference actor", rw.num_actors, rw.cpus_per_actor + ref.cpus_per_actor,
+                     max(rw.gpus_per_actor, ref.gpus_per_actor))]
+    return [Role("reward actor", rw.num_actors, rw.cpus_per_actor, rw.gpus_per_actor),
+            Role("reference actor", ref.num_actors, ref.cpus_per_actor, ref.gpus_per_actor)]
 
 
 class PPOActors:
@@ -43,19 +52,29 @@ class PPOActors:
 
     def __init__(self, cfg: PPOConfig, load_data: Callable[[], PPOData]) -> None:
         """Start every role. `load_data()` reads and checks the run's data (`load_ppo_data`); it
-        runs while the rollout engines start, the longest start of all (about 9 s of a CPU vLLM
-        engine's imports and set-up: docs/stack.md). If it raises, the started actors are stopped."""
+        runs in a thread from the start, while Ray and then the rollout engines start (the longest
+        start of all: about 9 s of a CPU vLLM engine's imports and set-up, docs/stack.md), and the
+        other roles, which need the data's tokenizer and paths, start once it is read. Errors keep
+        their order: the reward function, the SFT folder, Ray and the resources are reported before
+        the data; if the data fails, the started actors are stopped."""
         self.cfg = cfg
         self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-batch")
+        # Reading the data is Python (the tokenizer's import alone is about 3 s); Ray's start is
+        # mostly waiting on its processes, so the two overlap on one core.
+        data = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-data").submit(load_data)
         r = cfg.rollout
-        # The reward of reward_source: a function spec is loaded here first, so a bad one stops the
-        # run in one line before any actor starts.
-        fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
-        if fn_spec:
-            load_reward_fn(fn_spec)
-        check_model_dir(cfg.sft, "sft")  # the rollout engines load it before the data is read
-        ensure_ray(cfg.ray_address)
-        check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
+        try:
+            # The reward of reward_source: a function spec is loaded here first, so a bad one stops
+            # the run in one line before any actor starts.
+            fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
+            if fn_spec:
+                load_reward_fn(fn_spec)
+            check_model_dir(cfg.sft, "sft")  # the rollout engines load it
+            ensure_ray(cfg.ray_address)
+            check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
+        except BaseException:
+            data.exception()  # the read ends (its result unused) before the error is reported
+            raise
         start = time.perf_counter()
         env = shared_cores_env(r.overlap)  # with overlap the roles run at the same time on the same cores
         max_len = cfg.max_prompt_len + r.max_new_tokens + 8
@@ -63,7 +82,7 @@ class PPOActors:
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
                                     max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env)  # engines start meanwhile
         try:
-            self._start_others(cfg, load_data(), fn_spec, env, start)
+            self._start_others(cfg, data.result(), fn_spec, env, start)
         except BaseException:
             self.shutdown()
             raise
@@ -82,12 +101,21 @@ class PPOActors:
         self.reward_desc = " + ".join(  # for the start-up line
             (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])
             + ([f"reward function gold scorer of {gold_task}"] if gold_task else []))
-        self.reward = ScorerPool(RewardActor, cfg.reward.num_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor,
-                                 rm_path, data.pad_id, cfg.reward.micro_batch_size, cfg.reward.dtype, fn_spec, gold_task,
-                                 data.sft, max_restarts=cfg.max_restarts, env=env)
-        self.reference = ScorerPool(ReferenceActor, cfg.reference.num_actors, cfg.reference.cpus_per_actor,
-                                    cfg.reference.gpus_per_actor, data.sft, data.pad_id, r.temperature,
-                                    cfg.reference.micro_batch_size, cfg.reference.dtype, max_restarts=cfg.max_restarts, env=env)
+        rw, ref = cfg.reward, cfg.reference
+        reward_args = (rm_path, data.pad_id, rw.micro_batch_size, rw.dtype, fn_spec, gold_task, data.sft)
+        reference_args = (data.sft, data.pad_id, r.temperature, ref.micro_batch_size, ref.dtype)
+        if ref.colocate_with_reward:
+            (role,) = scorer_roles(cfg)
+            # Each of the two models computes with half of the actor's CPUs (at least one thread).
+            threads = {"OMP_NUM_THREADS": str(max(1, int(role.cpus // 2)))}
+            self.reward = ScorerPool(RewardAndReferenceActor, role.count, role.cpus, role.gpus, reward_args, reference_args,
+                                     max_restarts=cfg.max_restarts, env={**env, **threads}, role="reward", max_concurrency=2)
+            self.reference = self.reward.sharing("reference", cfg.max_restarts)
+        else:
+            self.reward = ScorerPool(RewardActor, rw.num_actors, rw.cpus_per_actor, rw.gpus_per_actor, *reward_args,
+                                     max_restarts=cfg.max_restarts, env=env)
+            self.reference = ScorerPool(ReferenceActor, ref.num_actors, ref.cpus_per_actor, ref.gpus_per_actor,
+                                        *reference_args, max_restarts=cfg.max_restarts, env=env)
         total_steps = cfg.iterations * p.epochs * self.minibatches_per_epoch
         critic = ModelSpec(data.critic, "scalar", cfg.seed) if p.advantage == "gae" else None  # critic-free: no engine
         if critic is not None and not data.critic:
@@ -103,8 +131,11 @@ class PPOActors:
             [worker], self.version, r.weight_transport, r.bucket_mb * 2**20)
         info = self.learner.info[0]
         critic_text = f"critic {info['critic_params']:,} parameters" if critic else f"no critic (ppo.advantage={p.advantage})"
-        print(f"   {r.num_workers} rollout worker(s), {cfg.reward.num_actors} reward actor(s) "
-              f"({getattr(self, 'reward_desc', 'reward model')}) + {cfg.reference.num_actors} reference actor(s), "
+        scorers = (f"{cfg.reward.num_actors} reward actor(s) ({getattr(self, 'reward_desc', 'reward model')}) + "
+                   f"{cfg.reference.num_actors} reference actor(s)")
+        if cfg.reference.colocate_with_reward:
+            scorers = f"{cfg.reward.num_actors} reward + reference actor(s) ({self.reward_desc} + reference)"
+        print(f"   {r.num_workers} rollout worker(s), {scorers}, "
               f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} parameters "
               f"+ {critic_text}); {rows} responses/iteration in {self.minibatches_per_epoch} minibatch(es) "
               f"of {p.minibatch_size} = {cfg.learner.micro_batch_size} x {self.learner.grad_accum} accum x {cfg.learner.num_ranks} ranks"

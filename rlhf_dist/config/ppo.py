@@ -54,6 +54,14 @@ class ScorerConfig:
 
 
 @dataclass
+class ReferenceConfig(ScorerConfig):
+    colocate_with_reward: bool = param(False, "the reference model in the reward actors' processes (one process "
+                                              "per pair: its start-up and memory once; the two score in parallel "
+                                              "threads, on one device on GPU nodes); needs reference.num_actors == "
+                                              "reward.num_actors; each actor asks for both roles' CPUs and the larger GPU share")
+
+
+@dataclass
 class PPOAlgoConfig:
     advantage: Literal["gae", "grpo", "grpo_mean", "rloo", "reinforce_pp"] = param(
         "gae", "gae: GAE with a critic (InstructGPT); critic-free, no critic engine: grpo (group mean/std, "
@@ -127,7 +135,7 @@ class PPOConfig:
     critic_optim: OptimConfig = param(OptimConfig(lr=1e-5, schedule="constant", warmup_steps=10, grad_clip=1.0), "critic optimizer")
     rollout: RolloutConfig = param(RolloutConfig(), "rollout workers")
     reward: ScorerConfig = param(ScorerConfig(), "reward actors")
-    reference: ScorerConfig = param(ScorerConfig(), "reference actors")
+    reference: ReferenceConfig = param(ReferenceConfig(), "reference actors")
     ppo: PPOAlgoConfig = param(PPOAlgoConfig(), "the algorithm")
 
     def __post_init__(self) -> None:
@@ -140,6 +148,10 @@ class PPOConfig:
                              "rollout.samples_per_prompt >= 2")
         if p.kl_penalty == "loss" and p.kl_target is not None:
             raise ValueError("ppo.kl_target (adaptive KL coefficient) needs ppo.kl_penalty=reward")
+        if self.reference.colocate_with_reward and self.reference.num_actors != self.reward.num_actors:
+            raise ValueError(f"reference.colocate_with_reward=true puts one reference model in each reward actor: "
+                             f"reference.num_actors ({self.reference.num_actors}) must equal reward.num_actors "
+                             f"({self.reward.num_actors})")
         rows = self.prompts_per_iteration * self.rollout.samples_per_prompt
         if rows % self.ppo.minibatch_size:
             raise ValueError(f"prompts_per_iteration x rollout.samples_per_prompt = {rows} is not divisible by "
