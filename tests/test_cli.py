@@ -53,3 +53,16 @@ def test_an_out_folder_under_a_file_is_one_line(tmp_path):
 def test_debug_flag_shows_the_traceback(tmp_path):
     res = run("--debug", "build-model", "--out", str(tmp_path / "m"), f"data={tmp_path / 'nodata'}")
     assert res.returncode != 0 and "Traceback" in res.stderr and "pretrain.jsonl" in res.stderr
+
+
+@pytest.mark.parametrize("args, code, out", [(["version"], 0, "rlhf-dist "), (["nonsense"], 2, "invalid choice"),
+                                             (["ppo", "nonsense=1"], 2, "unknown key 'nonsense'")])
+def test_the_command_exits_with_mains_code_after_the_exit_handlers(args, code, out):
+    """`run` (the console script) ends with os._exit: the exit handlers must still have run, with
+    main's exit code and all output flushed."""
+    script = ("import atexit, sys; atexit.register(lambda: print('exit handler ran', flush=True)); "
+              f"sys.argv = ['rlhf-dist'] + {args!r}; from rlhf_dist.cli import run; run()")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert out in proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("exit handler ran")
