@@ -43,13 +43,11 @@ def batch(prompt_ids: list[list[int]], vocab: int, seed: int = 0):
 
 def start(colocated: bool, sft: str, rm: str):
     """-> (reward pool, reference pool): the actors are asked for, not yet ready."""
-    from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, RewardAndReferenceActor, ScorerPool
+    from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
 
     reward_args, reference_args = (rm, 0, 16, "float32"), (sft, 0, TEMPERATURE, 16, "float32")
-    if colocated:  # as PPOActors starts it: both roles' CPUs, one thread per model
-        pool = ScorerPool(RewardAndReferenceActor, 1, 0.5, 0, reward_args, reference_args, role="reward",
-                          max_concurrency=2, env={"OMP_NUM_THREADS": "1"})
-        return pool, pool.sharing("reference", 3)
+    if colocated:  # as PPOActors starts it: both roles' CPUs
+        return ScorerPool.colocated(1, 0.5, 0, reward_args, reference_args)
     return ScorerPool(RewardActor, 1, 0.25, 0, *reward_args), ScorerPool(ReferenceActor, 1, 0.25, 0, *reference_args)
 
 

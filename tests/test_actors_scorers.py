@@ -89,14 +89,12 @@ def _independent_scores(rm, sft, table):
 
 
 def _pools(ppo_models, colocated: bool):
-    from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, RewardAndReferenceActor, ScorerPool
+    from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
 
     sft, rm, _ = ppo_models
     reward_args, reference_args = (rm, 0, 3, "float32"), (sft, 0, TEMPERATURE, 3, "float32")
     if colocated:
-        reward = ScorerPool(RewardAndReferenceActor, 1, 0.5, 0, reward_args, reference_args, role="reward",
-                            max_concurrency=2, max_restarts=2)
-        return reward, reward.sharing("reference", 2)
+        return ScorerPool.colocated(1, 0.5, 0, reward_args, reference_args, max_restarts=2)
     return (ScorerPool(RewardActor, 1, 0.25, 0, *reward_args, max_restarts=2),
             ScorerPool(ReferenceActor, 1, 0.25, 0, *reference_args, max_restarts=2))
 

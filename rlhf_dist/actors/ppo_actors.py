@@ -16,7 +16,7 @@ from rlhf_dist.actors.learner_group import ModelSpec
 from rlhf_dist.actors.ppo_learner import PPOLearnerGroup
 from rlhf_dist.actors.resources import Role, check_resources
 from rlhf_dist.actors.rollout import RolloutGroup
-from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, RewardAndReferenceActor, ScorerPool
+from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
 from rlhf_dist.buffer import add_columns
 from rlhf_dist.config.ppo import PPOConfig
 from rlhf_dist.data import prompt_text
@@ -106,11 +106,8 @@ class PPOActors:
         reference_args = (data.sft, data.pad_id, r.temperature, ref.micro_batch_size, ref.dtype)
         if ref.colocate_with_reward:
             (role,) = scorer_roles(cfg)
-            # Each of the two models computes with half of the actor's CPUs (at least one thread).
-            threads = {"OMP_NUM_THREADS": str(max(1, int(role.cpus // 2)))}
-            self.reward = ScorerPool(RewardAndReferenceActor, role.count, role.cpus, role.gpus, reward_args, reference_args,
-                                     max_restarts=cfg.max_restarts, env={**env, **threads}, role="reward", max_concurrency=2)
-            self.reference = self.reward.sharing("reference", cfg.max_restarts)
+            self.reward, self.reference = ScorerPool.colocated(role.count, role.cpus, role.gpus, reward_args, reference_args,
+                                                               max_restarts=cfg.max_restarts, env=env)
         else:
             self.reward = ScorerPool(RewardActor, rw.num_actors, rw.cpus_per_actor, rw.gpus_per_actor, *reward_args,
                                      max_restarts=cfg.max_restarts, env=env)
@@ -131,10 +128,9 @@ class PPOActors:
             [worker], self.version, r.weight_transport, r.bucket_mb * 2**20)
         info = self.learner.info[0]
         critic_text = f"critic {info['critic_params']:,} parameters" if critic else f"no critic (ppo.advantage={p.advantage})"
-        scorers = (f"{cfg.reward.num_actors} reward actor(s) ({getattr(self, 'reward_desc', 'reward model')}) + "
-                   f"{cfg.reference.num_actors} reference actor(s)")
-        if cfg.reference.colocate_with_reward:
-            scorers = f"{cfg.reward.num_actors} reward + reference actor(s) ({self.reward_desc} + reference)"
+        scorers = (f"{cfg.reward.num_actors} reward + reference actor(s) ({self.reward_desc} + reference)"
+                   if cfg.reference.colocate_with_reward else
+                   f"{cfg.reward.num_actors} reward actor(s) ({self.reward_desc}) + {cfg.reference.num_actors} reference actor(s)")
         print(f"   {r.num_workers} rollout worker(s), {scorers}, "
               f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} parameters "
               f"+ {critic_text}); {rows} responses/iteration in {self.minibatches_per_epoch} minibatch(es) "

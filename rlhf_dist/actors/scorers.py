@@ -97,6 +97,17 @@ class ScorerPool:
         self._start = lambda: remote.remote(*args)
         self.actors = [self._start() for _ in range(num_actors)]
 
+    @classmethod
+    def colocated(cls, count: int, cpus: float, gpus: float, reward_args: tuple, reference_args: tuple,
+                  max_restarts: int = 3, env: dict[str, str] | None = None) -> tuple["ScorerPool", "ScorerPool"]:
+        """(reward pool, reference pool) on the same `count` `RewardAndReferenceActor`s, each asking
+        for `cpus` and `gpus`; each of the two models computes with half of the CPUs (at least one
+        thread)."""
+        threads = {"OMP_NUM_THREADS": str(max(1, int(cpus // 2)))}
+        reward = cls(RewardAndReferenceActor, count, cpus, gpus, reward_args, reference_args, max_restarts=max_restarts,
+                     env={**(env or {}), **threads}, role="reward", max_concurrency=2)
+        return reward, reward.sharing("reference", max_restarts)
+
     def sharing(self, role: str, max_restarts: int) -> "ScorerPool":
         """A pool of `role` on this pool's actors (the same list object, so replacements are shared)."""
         view = copy.copy(self)
