@@ -20,6 +20,9 @@ Candidates, each run as its own process, one at a time:
         roles and fractional CPUs, the learner at 1.25 CPUs and 2 torch threads, 1 rollout
         worker); episodes/s = episodes / sum of `time/iteration_s` in the run's metrics.jsonl.
 - extra variants of ours: `--variant NAME key=value [key=value ...]` (repeatable).
+- trl_bf16 (with `--trl-bf16`): TRL with its bf16 mixed precision (`bf16=True`), to set against
+        a bf16 variant of ours (learner.dtype=bf16 rollout.dtype=bfloat16 reward.dtype=bfloat16
+        reference.dtype=bfloat16); ratios are against fp32 TRL in every row.
 Both: the whole-process wall (python start to exit, timed here). Each repeat runs every (length,
 candidate) pair once, the candidate order rotated from repeat to repeat; figures are medians.
 
@@ -206,13 +209,13 @@ def run_ours(extra: list[str], length: int, iterations: int, config: Path, out: 
             "episodes_per_s": episodes / iteration_sum, "records": records, "command": shlex.join(cmd)}
 
 
-def run_trl(python: Path, length: int, iterations: int, setting: dict, args, out: Path) -> dict:
-    """One trl_ppo_run.py process; its own timings plus the whole-process wall."""
+def run_trl(python: Path, length: int, iterations: int, setting: dict, args, out: Path, bf16: bool = False) -> dict:
+    """One trl_ppo_run.py process (fp32, or TRL's bf16 mixed precision); its own timings plus the whole-process wall."""
     cmd = [str(python), str(REPO / "benchmarks" / "trl_ppo_run.py"), "--sft", setting["sft"],
            "--reward-model", setting["reward_model"], "--prompt-ids", setting["prompt_ids"],
            "--response-length", str(length), "--episodes", str(iterations * PROMPTS_PER_ITERATION),
            "--batch-size", str(PROMPTS_PER_ITERATION), "--threads", str(args.trl_threads),
-           "--seed", str(args.seed), "--out", str(out)]
+           "--seed", str(args.seed), "--out", str(out)] + (["--bf16"] if bf16 else [])
     wall, stdout = run_logged(cmd, out.with_suffix(".log"))
     res = json.loads(stdout.strip().splitlines()[-1])
     return {**res, "wall_s": wall, "episodes_per_s": res["episodes"] / res["train_s"], "command": shlex.join(cmd)}
@@ -225,7 +228,7 @@ def summarize_candidate(name: str, runs: list[dict], trl_eps: float | None) -> d
            "episodes_per_s_min": min(eps), "episodes_per_s_max": max(eps),
            "ratio_vs_trl": statistics.median(eps) / trl_eps if trl_eps else None,
            "process_wall_s": statistics.median(r["wall_s"] for r in runs)}
-    if name == "trl":
+    if name.startswith("trl"):
         out["train_s"] = statistics.median(r["train_s"] for r in runs)
         out["setup_s"] = statistics.median(r["setup_s"] for r in runs)
         out["update_s"] = statistics.median(s for r in runs for s in r["update_s"][1:] or r["update_s"])
@@ -246,7 +249,7 @@ def show(length: int, rows: list[dict], iterations: int) -> None:
     """One table per response length, on stderr."""
     view = []
     for s in rows:
-        trl = s["candidate"] == "trl"
+        trl = s["candidate"].startswith("trl")
         view.append({"candidate": s["candidate"], "episodes/s": s["episodes_per_s"],
                      "min-max": f"{s['episodes_per_s_min']:.3g}-{s['episodes_per_s_max']:.3g}",
                      "x TRL": s["ratio_vs_trl"] if s["ratio_vs_trl"] is not None else "",
@@ -269,6 +272,7 @@ def parse_args():
                         help="an extra candidate: ours with these PPOConfig overrides (repeatable)")
     parser.add_argument("--trl-threads", type=int, default=2,
                         help="torch threads of the TRL process (default 2, as our learner.torch_threads)")
+    parser.add_argument("--trl-bf16", action="store_true", help="also run TRL with bf16=True (candidate trl_bf16)")
     parser.add_argument("--make-venv", action="store_true", help=f"create or complete {TRL_VENV.name} with pip first")
     parser.add_argument("--seed", type=int, default=0, help="models, prompts and TRL's seed")
     parser.add_argument("--json-out", default=None)
@@ -277,7 +281,7 @@ def parse_args():
     args.lengths = args.lengths or ([16] if args.quick else [32, 64])
     args.iterations = args.iterations or (2 if args.quick else 8)
     for v in args.variant:
-        if v[0] in ("trl", "ours") or "=" in v[0] or len(v) < 2 or not all("=" in kv for kv in v[1:]):
+        if v[0] in ("trl", "trl_bf16", "ours") or "=" in v[0] or len(v) < 2 or not all("=" in kv for kv in v[1:]):
             parser.error(f"--variant {' '.join(v)}: give a new NAME, then key=value overrides")
     return args
 
@@ -285,13 +289,14 @@ def parse_args():
 def main() -> None:
     args = parse_args()
     python = trl_python(args.make_venv)
-    candidates = {"trl": None, "ours": [], **{v[0]: v[1:] for v in args.variant}}
+    candidates = {"trl": None, **({"trl_bf16": None} if args.trl_bf16 else {}), "ours": [],
+                  **{v[0]: v[1:] for v in args.variant}}
     result = {"benchmark": "bench_vs_trl", "quick": args.quick,
               "env": {**environment(), "ours": our_versions(), "trl_stack": trl_versions(python)},
               "setup": {"repeats": args.repeats, "lengths": args.lengths, "iterations": args.iterations,
                         "prompts_per_iteration": PROMPTS_PER_ITERATION, "episodes": args.iterations * PROMPTS_PER_ITERATION,
                         "trl_threads": args.trl_threads, "ours_keys": OURS_KEYS, "seed": args.seed,
-                        "variants": {k: v for k, v in candidates.items() if k not in ("trl", "ours")}}}
+                        "variants": {k: v for k, v in candidates.items() if k not in ("trl", "trl_bf16", "ours")}}}
     raw: dict[tuple, list] = {(n, c): [] for n in args.lengths for c in candidates}
     errors = {}
     with tempfile.TemporaryDirectory(prefix="bench_vs_trl_") as tmp:
@@ -312,8 +317,8 @@ def main() -> None:
                     load = os.getloadavg()[0]
                     log(f"[repeat {rep + 1}/{args.repeats}] length {length}: {name}  (load {load:.1f})")
                     try:
-                        run = (run_trl(python, length, args.iterations, setting, args, out) if name == "trl"
-                               else run_ours(candidates[name], length, args.iterations, config, out))
+                        run = (run_trl(python, length, args.iterations, setting, args, out, bf16=name == "trl_bf16")
+                               if name.startswith("trl") else run_ours(candidates[name], length, args.iterations, config, out))
                     except Exception as exc:  # one failed run must not lose the others' figures
                         errors[f"{name}_L{length}_r{rep}"] = str(exc)
                         log(f"  FAILED: {exc}")

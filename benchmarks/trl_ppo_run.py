@@ -1,7 +1,7 @@
 """The TRL side of bench_vs_trl.py: one TRL PPOTrainer run on CPU, timed; run with the TRL venv's python.
 
     .venv-trl/bin/python benchmarks/trl_ppo_run.py --sft DIR --reward-model DIR --prompt-ids FILE \\
-        --response-length 64 --episodes 512 --out DIR [--threads 2] [--seed 0]
+        --response-length 64 --episodes 512 --out DIR [--threads 2] [--seed 0] [--bf16]
     .venv-trl/bin/python benchmarks/trl_ppo_run.py --versions      # the TRL stack's versions only
 
 It imports nothing from rlhf_dist (that package lives in the other venv): it reads the model
@@ -65,7 +65,8 @@ def timed_generation(log: list[float]) -> None:
 
 
 def build_trainer(args, out_dir: str):
-    """PPOTrainer with the benchmark's settings (see bench_vs_trl.py), CPU, fp32, nothing saved or reported."""
+    """PPOTrainer with the benchmark's settings (see bench_vs_trl.py), CPU, nothing saved or reported. fp32, or
+    with `--bf16` TRL's bf16 mixed precision (`bf16=True`: fp32 weights, the forwards under bf16 autocast)."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
@@ -81,7 +82,7 @@ def build_trainer(args, out_dir: str):
     reward = LlamaForSequenceClassification.from_pretrained(args.reward_model, num_labels=1, **fp32)
     value = LlamaForSequenceClassification.from_pretrained(args.reward_model, num_labels=1, **fp32)
     config = PPOConfig(
-        output_dir=out_dir, seed=args.seed, use_cpu=True, bf16=False, fp16=False,
+        output_dir=out_dir, seed=args.seed, use_cpu=True, bf16=args.bf16, fp16=False,
         gradient_checkpointing=False,  # TRL's PPOConfig documents True as its default; the learner here does not recompute
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         local_rollout_forward_batch_size=args.batch_size, num_mini_batches=1, num_ppo_epochs=1,
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rollout batch = minibatch = micro-batch")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="TRL's bf16 mixed precision (default: fp32)")
     parser.add_argument("--out", help="scratch output_dir (TRL requires one; nothing is saved)")
     args = parser.parse_args()
     if args.versions:

@@ -148,6 +148,20 @@ def test_inexact_batch_split_is_an_error():
         grad_accum_steps(30, 4, 2)
 
 
+@pytest.mark.parametrize("dtype,attn,device,want", [
+    ("bf16", "auto", "cpu", "eager"),   # torch's CPU flash-attention backward is slow in bf16
+    ("fp32", "auto", "cpu", None),      # the model's own (sdpa)
+    ("bf16", "auto", "cuda", None),
+    ("bf16", "sdpa", "cpu", "sdpa"),    # an explicit choice wins
+    ("fp32", "eager", "cuda", "eager"),
+])
+def test_attention_kernel_of_the_trained_models(dtype, attn, device, want):
+    from rlhf_dist.config.learner import LearnerConfig
+    from rlhf_dist.engines.deepspeed_engine import attention_kernel
+
+    assert attention_kernel(LearnerConfig(dtype=dtype, attn_implementation=attn), torch.device(device)) == want
+
+
 def test_each_rank_keeps_its_shard_and_sorts_it_into_micro_batches_of_similar_length():
     """Sorting changes only which items share a micro-batch (the loss is normalised by the global
     token count, so the gradient is the same: the test above checks that against PyTorch), and

@@ -28,7 +28,10 @@ class OptimConfig:
 class LearnerConfig:
     num_ranks: int = param(1, "data-parallel learner ranks (Ray actors)", ge=1)
     zero_stage: Literal[0, 1, 2, 3] = param(2, "DeepSpeed ZeRO stage")
-    dtype: Literal["fp32", "bf16"] = param("fp32", "fp32 (CPU) | bf16 (GPU)")
+    dtype: Literal["fp32", "bf16"] = param("fp32", "fp32 | bf16 (GPUs; CPUs with AVX512-BF16 or AMX)")
+    attn_implementation: Literal["auto", "sdpa", "eager"] = param(
+        "auto", "attention kernel of the trained models; auto: eager for bf16 on CPU (torch's CPU flash-attention "
+                "backward is slow in bf16: benchmarks/bench_precision.py), the model's own (sdpa) otherwise")
     micro_batch_size: int = param(8, "sequences (or prompts) per forward pass per rank", ge=1)
     gradient_checkpointing: bool = param(False, "recompute activations in backward")
     offload_optimizer: bool = param(False, "ZeRO optimizer state in CPU memory (GPU runs)")

@@ -21,7 +21,7 @@ class RolloutConfig:
                                       "more than its CPUs pays off when sampling has the cores to itself", ge=1)
     tensor_parallel_size: int = param(1, "vLLM tensor parallelism per worker (GPU)", ge=1)
     gpu_memory_utilization: float = param(0.85, "vLLM's share of its GPU's memory", gt=0, le=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = param("float32", "vLLM dtype: float32 (CPU) | bfloat16 (GPU)")
+    dtype: Literal["float32", "bfloat16", "float16"] = param("float32", "vLLM dtype: float32 | bfloat16 (GPUs; CPUs with AVX512-BF16 or AMX)")
     temperature: float = param(0.7, "sampling temperature, also applied to every learner/reference log-prob "
                                      "(N+: 0.7; InstructGPT: 1)", gt=0)
     top_p: float = param(1.0, "must be 1: PPO needs samples from the full distribution (docs/ppo-details.md item 13)")
@@ -50,7 +50,7 @@ class ScorerConfig:
     cpus_per_actor: float = param(0.25, "Ray CPUs per actor", ge=0)
     gpus_per_actor: float = param(0.0, "Ray GPUs per actor (GPU clusters: e.g. 0.5 or 1)", ge=0)
     micro_batch_size: int = param(16, "rows per forward pass", ge=1)
-    dtype: Literal["float32", "bfloat16"] = param("float32", "float32 (CPU) | bfloat16 (GPU)")
+    dtype: Literal["float32", "bfloat16"] = param("float32", "float32 | bfloat16 (GPUs; CPUs with AVX512-BF16 or AMX)")
 
 
 @dataclass

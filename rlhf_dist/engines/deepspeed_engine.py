@@ -31,6 +31,19 @@ def grad_accum_steps(global_batch: int, micro_batch_size: int, num_ranks: int) -
     return global_batch // per_step
 
 
+def attention_kernel(cfg: LearnerConfig, device: torch.device) -> str | None:
+    """The attention implementation to set on a trained model, or None to keep the model's own.
+
+    "auto" picks eager attention (matmuls + softmax) for bf16 on CPU: there torch's flash-attention
+    kernel takes about 3x longer backward in bf16 than in fp32, and a bf16 forward + backward of the
+    benchmark policy is about 1.7x faster than fp32 with eager attention, 1.3x with sdpa
+    (benchmarks/bench_precision.py; docs/stack.md, "bf16 on CPU").
+    """
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return "eager" if cfg.dtype == "bf16" and device.type == "cpu" else None
+
+
 def deepspeed_config(cfg: LearnerConfig, optim: OptimConfig, global_batch: int) -> dict:
     """The DeepSpeed JSON config for one learner."""
     accum = grad_accum_steps(global_batch, cfg.micro_batch_size, cfg.num_ranks)
@@ -84,6 +97,9 @@ class TrainEngine:
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, optim, global_batch),
         )
         self.model = self.engine.module
+        kernel = attention_kernel(cfg, torch.device(self.engine.device))
+        if kernel is not None:
+            getattr(self.model, "hf", self.model).set_attn_implementation(kernel)
 
     @property
     def device(self) -> torch.device:
