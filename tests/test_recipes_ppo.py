@@ -242,6 +242,9 @@ VARIANTS = {  # name -> overrides; 4 prompts x 4 samples, one minibatch of 16 in
     "rloo_kl_loss": ["ppo.advantage=rloo", "ppo.kl_penalty=loss", "ppo.kl_coef=0.1"],
     "reinforce_pp": ["ppo.advantage=reinforce_pp"],
     "gae_overlap": ["rollout.overlap=true", "ppo.is_cap=1.05"],
+    # every role in bf16 on CPU (the learner with eager attention), with overlap
+    "gae_bf16": ["learner.dtype=bf16", "rollout.dtype=bfloat16", "reward.dtype=bfloat16", "reference.dtype=bfloat16",
+                 "rollout.overlap=true"],
 }
 
 
@@ -251,7 +254,8 @@ def test_estimators_and_overlap_through_the_command(variant, ppo_models, tmp_pat
     critic folder) and writes advantages that a separate group computation gives from the stored
     scores; with one epoch of one minibatch the update reuses the old forward (ratio exactly 1);
     with overlap, rows after the first batch are one version old and carry truncated importance
-    weights min(exp(old - rollout), cap), recomputed here from the stored columns."""
+    weights min(exp(old - rollout), cap), recomputed here from the stored columns; in bf16 on CPU
+    the run completes with log-prob gaps of bf16 rounding."""
     import math
     import statistics
 
@@ -287,6 +291,13 @@ def test_estimators_and_overlap_through_the_command(variant, ppo_models, tmp_pat
         assert all("loss/value" not in r for r in train)
         # the policy starts as the reference (KL 0), then moves away from it
         assert abs(train[0]["loss/kl"]) < 1e-6 and train[1]["loss/kl"] > 1e-4, [r["loss/kl"] for r in train]
+    if variant == "gae_bf16":
+        # Iteration 1 samples, scores and trains with the same weights: vLLM's and the learner's
+        # log-probs and the reference's differ by bf16 rounding only (fp32 runs: 0 and 1e-5).
+        assert 0 < train[0]["rollout/logprob_gap_mean"] < 0.05, train[0]
+        assert abs(train[0]["objective/kl"]) < 0.1, train[0]
+        assert [r["rollout/staleness"] for r in train] == [0, 1]
+        assert all(len(r["is_weights"]) == len(r["response_ids"]) for r in rows if r["iteration"] == 1)
     if variant == "gae_overlap":
         assert [r["rollout/staleness"] for r in train] == [0, 1]
         assert "offpolicy/capped_share" in train[1] and "offpolicy/capped_share" not in train[0]
