@@ -70,6 +70,7 @@ WORDS = ("the a an cat dog bird fish horse mouse sat ran jumped slept walked und
 # time/rollout_s: the driver's wait for the sampled and scored batch (sample + score when synchronous;
 # with rollout.overlap what the learner did not hide); time/sample_s, time/score_s: the batch's own
 # sampling and scoring time, in the background.
+BUILT_IN = ("trl", "trl_bf16", "ours")  # candidate names a --variant may not take
 PARTS = {"rollout": "time/rollout_s", "sample": "time/sample_s", "score": "time/score_s", "learner": "time/learner_s",
          "sync": "time/sync_s", "iteration": "time/iteration_s"}
 
@@ -281,7 +282,7 @@ def parse_args():
     args.lengths = args.lengths or ([16] if args.quick else [32, 64])
     args.iterations = args.iterations or (2 if args.quick else 8)
     for v in args.variant:
-        if v[0] in ("trl", "trl_bf16", "ours") or "=" in v[0] or len(v) < 2 or not all("=" in kv for kv in v[1:]):
+        if v[0] in BUILT_IN or "=" in v[0] or len(v) < 2 or not all("=" in kv for kv in v[1:]):
             parser.error(f"--variant {' '.join(v)}: give a new NAME, then key=value overrides")
     return args
 
@@ -296,7 +297,7 @@ def main() -> None:
               "setup": {"repeats": args.repeats, "lengths": args.lengths, "iterations": args.iterations,
                         "prompts_per_iteration": PROMPTS_PER_ITERATION, "episodes": args.iterations * PROMPTS_PER_ITERATION,
                         "trl_threads": args.trl_threads, "ours_keys": OURS_KEYS, "seed": args.seed,
-                        "variants": {k: v for k, v in candidates.items() if k not in ("trl", "trl_bf16", "ours")}}}
+                        "variants": {k: v for k, v in candidates.items() if k not in BUILT_IN}}}
     raw: dict[tuple, list] = {(n, c): [] for n in args.lengths for c in candidates}
     errors = {}
     with tempfile.TemporaryDirectory(prefix="bench_vs_trl_") as tmp:
