@@ -23,8 +23,8 @@ intra-op thread by default (`--threads`): on the 2 shared cores of the project m
 
 Output: one JSON line on stdout (the last line), tables on stderr (plus torch.profiler's
 "USDT ... profiler_start/stop" lines, harmless); `--json-out FILE` also writes the JSON.
-    python benchmarks/bench_algo.py               # full run, about 2.5 min
-    python benchmarks/bench_algo.py --quick       # smoke run, about 10-15 s
+    python benchmarks/bench_algo.py               # full run
+    python benchmarks/bench_algo.py --quick       # smoke run
     python benchmarks/bench_algo.py --threads 0   # torch's default thread count instead of 1
 """
 
@@ -368,7 +368,7 @@ def main() -> None:
     log("[1/3] gae_advantages")
     result["gae"] = bench_gae(gae_shapes, repeats, min_repeat_s)
     log("[2/3] logprobs_from_logits")
-    # Fewer repeats here: one round of the five candidates at (64, 256, 32000) takes about 8 s.
+    # Fewer repeats here: (64, 256, 32000) is the slowest shape (benchmarks/README.md, bench_algo.py).
     result["logprobs_repeats"] = min(repeats, 5)
     result["logprobs"] = bench_logprobs(lp_shapes, result["logprobs_repeats"], min_repeat_s)
     log("[3/3] ranking_loss")

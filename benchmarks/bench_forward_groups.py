@@ -19,8 +19,8 @@ With `--profile`, also where the time of the default budget's passes goes at 2 t
 (`torch.profiler`, self CPU time by operator, grouped: matrix multiplications, attention,
 element-wise ops, the rest), over 3 profiled repeats after 3 warm-ups.
 
-    python benchmarks/bench_forward_groups.py            # about 2 min on 2 cores
-    python benchmarks/bench_forward_groups.py --quick    # about 20 s
+    python benchmarks/bench_forward_groups.py            # full run
+    python benchmarks/bench_forward_groups.py --quick    # smoke run
     python benchmarks/bench_forward_groups.py --quick --profile
 """
 

@@ -39,8 +39,8 @@ Llama as the SFT policy, its backbone with a fresh scalar head as the reward mod
 task's data files with small counts), or given with --sft/--reward-model/--data.
 
 Output: one JSON line on stdout (the last line); tables, progress and the runs' own output on stderr.
-    python benchmarks/bench_ppo.py            # 4 splits x 6 iterations x 2 rounds, about 7 min on 2 cores
-    python benchmarks/bench_ppo.py --quick    # (1,1) and (2,1), 3 iterations of 16 prompts, 1-2 min
+    python benchmarks/bench_ppo.py            # 4 splits x 6 iterations x 2 rounds
+    python benchmarks/bench_ppo.py --quick    # (1,1) and (2,1), 3 iterations of 16 prompts
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def build_models(root: Path, size: str) -> tuple[str, str, str]:
     """(sft, reward model, data) built in seconds, as tests/conftest.py's `ppo_models`."""
     from rlhf_dist.models import TINY_SIZES, save_tiny_model
     from rlhf_dist.models.tiny import toy_corpus
-    from rlhf_dist.recipes.build_model import placeholder_ppo_models
+    sys.path.insert(0, str(REPO))  # the tests' placeholder models (tests/ppo_placeholders.py)
+    from tests.ppo_placeholders import placeholder_ppo_models
 
     sft = save_tiny_model(root / "sft", toy_corpus(), TINY_SIZES[size], vocab_size=384, seed=0)
     return placeholder_ppo_models(root, sft)

@@ -18,8 +18,8 @@ length-sorted groups bring every iteration), after 0, 20, 40 and 60 batches, in 
 in bf16 with `ONEDNN_PRIMITIVE_CACHE_CAPACITY=0` (oneDNN runs torch's bf16 matmuls on CPU and
 caches a primitive per shape).
 
-    python benchmarks/bench_precision.py            # about 1 min on 2 cores
-    python benchmarks/bench_precision.py --quick    # about 20 s
+    python benchmarks/bench_precision.py            # full run
+    python benchmarks/bench_precision.py --quick    # smoke run
     python benchmarks/bench_precision.py --quick --memory
 """
 

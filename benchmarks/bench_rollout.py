@@ -25,8 +25,8 @@ vLLM's child processes for vLLM) are reported as `cpu_cores_used` = cpu_s / wall
 tokens per CPU-second, which is less sensitive to other processes' load than wall time.
 
 Output: one JSON line on stdout (last line); progress, tables and vLLM's logs on stderr.
-    python benchmarks/bench_rollout.py            # full run, about 1 min (2 min under load)
-    python benchmarks/bench_rollout.py --quick    # smoke run, about 20-30 s (16 x 16, in-process engine)
+    python benchmarks/bench_rollout.py            # full run
+    python benchmarks/bench_rollout.py --quick    # smoke run (16 x 16, in-process engine)
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Figures, each pair measured in turn (the order alternates from repeat to repeat)
   waits for), and the CPU-seconds the scorer processes used for it;
 - scoring: one batch through the reward and the reference at once, as the driver submits them.
 
-    .venv/bin/python benchmarks/bench_scorers.py            # about 2 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_scorers.py --quick    # about 40 s
+    .venv/bin/python benchmarks/bench_scorers.py            # full run
+    .venv/bin/python benchmarks/bench_scorers.py --quick    # smoke run
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ the order, so load from other processes hits them alike. Figures: median real (n
 per second over the repeats, the padded share of the computed tokens, and the speed-up against
 unsorted micro-batches of 32 (the old default).
 
-    .venv/bin/python benchmarks/bench_stages.py            # about 2 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_stages.py --quick    # about 30 s
+    .venv/bin/python benchmarks/bench_stages.py            # full run
+    .venv/bin/python benchmarks/bench_stages.py --quick    # smoke run
 """
 
 from __future__ import annotations

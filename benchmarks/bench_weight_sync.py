@@ -18,8 +18,8 @@ Engine: `--engine multiprocess` (default; engine core in its own process, so eac
 a process boundary as it would in production) or `inprocess` (quick default).
 
 Output: one JSON line on stdout (last line); progress, table and vLLM logs on stderr.
-    python benchmarks/bench_weight_sync.py            # about 1.5 min
-    python benchmarks/bench_weight_sync.py --quick    # rpc only, in-process engine, about 15 s
+    python benchmarks/bench_weight_sync.py            # full run
+    python benchmarks/bench_weight_sync.py --quick    # rpc only, in-process engine
 """
 
 from __future__ import annotations

@@ -112,8 +112,8 @@ def run() -> None:
     """The `rlhf-dist` command: `main`, then a quick exit. When `main` returns, the command's files
     are written and closed and Ray is shut down; the exit handlers (`atexit`: logging, finalizers)
     run as at any exit, and only the interpreter's teardown of the loaded extension modules (torch,
-    Ray's core worker, Arrow) is skipped, about 1.3 s after a PPO run on 2 cores that does nothing
-    the operating system does not do at process exit. In-process callers (tests) use `main`."""
+    Ray's core worker, Arrow) is skipped (docs/results.md, "Start-up"), which does nothing the
+    operating system does not do at process exit. In-process callers (tests) use `main`."""
     import atexit
 
     code = main()

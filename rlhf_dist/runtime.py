@@ -42,10 +42,9 @@ def apply_vllm_cpu_env() -> None:
 
 # With rollout.overlap the roles share the CPUs by design (the next batch is sampled and scored
 # while the learner trains), and an OpenMP thread that spins while it waits burns the core that a
-# preempted sibling needs: sleeping instead took the learner's update on 2 cores from 5.7 s to
-# 4.6 s. A role that runs alone loses by it (the pretraining stage's 2-thread learner took 356 s
-# instead of 271 s), so only the actors of an overlapped run get it (docs/stack.md). Values already
-# in the environment win.
+# preempted sibling needs: sleeping instead shortens the learner's update. A role that runs alone
+# loses by it, so only the actors of an overlapped run get it (docs/stack.md, "Threads on shared
+# cores"). Values already in the environment win.
 SHARED_CORES_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 

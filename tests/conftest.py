@@ -27,8 +27,8 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ppo_models(tiny_model_dir, tmp_path_factory):
     """What a PPO run needs, built in seconds: (sft_dir, rm_dir, data_dir); see
-    `rlhf_dist.recipes.build_model.placeholder_ppo_models`."""
-    from rlhf_dist.recipes.build_model import placeholder_ppo_models
+    `tests/ppo_placeholders.py`."""
+    from tests.ppo_placeholders import placeholder_ppo_models
 
     return placeholder_ppo_models(tmp_path_factory.mktemp("ppo_models"), tiny_model_dir)
 

@@ -1,4 +1,4 @@
-"""49 bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
+"""Bad values through the `rlhf-dist` command, as a user types them: each is refused with one exact
 line on stderr, exit status 2, no traceback, and nothing written."""
 
 from __future__ import annotations
@@ -79,3 +79,23 @@ def test_a_bad_value_is_one_exact_line_and_writes_nothing(command, override, mes
     assert res.returncode == 2
     assert res.stderr.splitlines() == [f"rlhf-dist {command}: error: {message}{SUFFIX}"]
     assert not out.exists()
+
+
+# Every command with an output folder, and what it needs besides `out` to get past its config.
+OUT_COMMANDS = [("ppo", []), ("sft", []), ("rm", []), ("pretrain", []), ("dpo", []), ("eval", ["models.sft=s"]),
+                ("task-data", []), ("label", ["policy=p", "data=d"]), ("overopt", ["sft=s", "reward_model=r", "data=d"]),
+                ("build-model", []), ("quickstart", []), ("compare", []), ("report", [])]
+
+
+@pytest.mark.parametrize("command, extra", OUT_COMMANDS, ids=[c for c, _ in OUT_COMMANDS])
+@pytest.mark.parametrize("under_a_file", [True, False], ids=["FILE/run", "FILE"])
+def test_an_unusable_out_is_refused_before_anything_starts(command, extra, under_a_file, tmp_path):
+    """out=FILE/run and out=FILE: one line naming out and the file at fault, exit status 2, and
+    nothing else on stderr (no Ray start-up, no actor), nothing written."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    out = blocker / "run" if under_a_file else blocker
+    res = subprocess.run([str(EXE), command, "--out", str(out), *extra], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [f"rlhf-dist {command}: error: out={out}: {blocker} is a file, not a folder{SUFFIX}"]
+    assert blocker.read_text() == "not a folder\n" and [p.name for p in tmp_path.iterdir()] == ["a_file"]

@@ -207,7 +207,7 @@ def test_range_applies_to_each_list_item(tmp_path):
     assert "'algo.coefs[0]'=1.0: must be < 1" in _error(["algo.coefs=[1]"])
     path = tmp_path / "c.yaml"
     path.write_text("algo:\n  coefs:\n    - 0.5\n    - 1.5\n")
-    assert _error(path=path) == f"{path}:2: 'algo.coefs[1]'=1.5: must be < 1"
+    assert _error(path=path) == f"{path}:4: 'algo.coefs[1]'=1.5: must be < 1"  # the item's own line
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", ".nan", ".inf", "NaN"])
@@ -377,3 +377,39 @@ def test_project_config_classes_declare_valid_defaults():
         pytest.skip("no config classes in rlhf_dist.config yet")
     problems = [p for cls in classes for p in check_declarations(cls)]
     assert problems == []
+
+
+@dataclass
+class Pipeline:
+    """A composing command's config: `key=value` overrides of another config class, checked at load."""
+
+    run_overrides: list[str] = field(default_factory=list, metadata={"overrides_of": Cfg})
+    methods: dict[str, list[str]] = field(default_factory=dict, metadata={"overrides_of": Cfg})
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("run_overrides:\n  - seed=1\n  - optim.lrr=2\n", 3,
+     "'run_overrides[1]': unknown key 'optim.lrr' of Cfg (known at this level: betas, lr, warmup)"),
+    ("methods:\n  a: []\n  b:\n    - whiten=maybe\n", 4, "'methods.b[0]': 'whiten': expected bool, got 'maybe'"),
+    ("methods:\n  b: [seed=1, optim=3]\n", 2, "'methods.b[1]': 'optim' is a section; expected a mapping, got 3"),
+    ("run_overrides: [seed]\n", 1, "'run_overrides[0]': expected key=value ('seed')"),
+])
+def test_overrides_of_another_config_are_checked_at_load_with_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(Pipeline, path)
+    assert str(e.value) == f"{path}:{line}: {message}"
+
+
+def test_valid_overrides_of_another_config_load_and_apply_over_typed_values():
+    from rlhf_dist.config import with_overrides
+
+    p = load_config(Pipeline, None, ["run_overrides=[optim.lr=0.5, seed=4]"])
+    assert p.run_overrides == ["optim.lr=0.5", "seed=4"]
+    base = derive(Cfg(), seed=2, name="by-the-command")
+    run = with_overrides(base, p.run_overrides, "run_overrides")
+    assert (run.seed, run.name, run.optim.lr, run.optim.warmup) == (4, "by-the-command", 0.5, 10)
+    assert base.seed == 2  # a new config
+    with pytest.raises(ConfigError, match=r"^methods.b: override 'seed=-1': seed must be >= 0$"):
+        with_overrides(base, ["seed=-1"], "methods.b")  # __post_init__ runs on the result

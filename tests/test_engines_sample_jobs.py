@@ -10,7 +10,13 @@ import shutil
 import pytest
 import torch
 
-from rlhf_dist.engines.vllm_rollout import SampleJob, engine_key, sample_in_subprocess, sample_jobs_in_subprocess
+from rlhf_dist.engines.vllm_rollout import SampleJob, engine_key, sample_jobs_in_subprocess
+
+
+def sample_in_subprocess(model_dir, prompt_ids, temperature: float, max_new_tokens: int, seed: int):
+    """A fresh engine on one folder: one sample per prompt, request i seeded seed + i, in its own child process."""
+    return sample_jobs_in_subprocess([SampleJob(str(model_dir), [list(p) for p in prompt_ids], temperature,
+                                                max_new_tokens, seed)])[0]
 
 
 def _perturbed_copy(src, dst, seed: int):

@@ -1,4 +1,4 @@
-"""`rlhf-dist compare` (rlhf_dist/recipes/compare.py):
+"""`rlhf-dist compare` (rlhf_dist/recipes/compare.py, rlhf_dist/evaluation/method_comparison.py):
 
 - the assembly of the comparison (rows, cells, markdown, console table) and its statistics
   (throughput, the paired correctness difference and its standard error) against hand-computed values;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.recipes.compare import (
+from rlhf_dist.evaluation.method_comparison import (
     COLUMNS,
     cells,
     console_rows,
@@ -161,13 +161,14 @@ def test_markdown_and_console_table_have_a_row_per_model():
 def test_compare_yaml_methods_are_valid_runs_with_equal_responses():
     from rlhf_dist.config import load_config
     from rlhf_dist.config.compare import CompareConfig
-    from rlhf_dist.recipes.compare import dpo_run_config, ppo_run_config
+    from rlhf_dist.recipes.compare import dpo_run_config, ppo_base_config, ppo_run_config
 
     cfg = load_config(CompareConfig, REPO / "configs" / "compare.yaml", [f"ppo_config={REPO / 'configs' / 'tiny.yaml'}"])
     assert set(cfg.methods) == {"ppo", "grpo", "rloo", "reinforce_pp", "grpo_kl_loss", "ppo_overlap", "ppo_correct",
                                 "grpo_correct"} and cfg.dpo
     inputs = {"sft": "s", "reward_model": "r", "data": "d", "rankings": "k"}
-    runs = {name: ppo_run_config(cfg, name, inputs) for name in cfg.methods}
+    base = ppo_base_config(cfg, inputs)
+    runs = {name: ppo_run_config(cfg, name, base) for name in cfg.methods}
     seen = {name: r.iterations * r.prompts_per_iteration * r.rollout.samples_per_prompt for name, r in runs.items()}
     assert set(seen.values()) == {40 * 32}, seen
     assert runs["grpo"].ppo.advantage == "grpo" and runs["grpo_kl_loss"].ppo.kl_penalty == "loss"

@@ -256,8 +256,8 @@ class LearnerGroup:
     def _split(self, items: Sequence, length=None) -> list[list[list]]:
         """Each rank's contiguous shard, cut into micro-batches; with `length`, the shard is first
         sorted by it, so each micro-batch pads to the length of similar items. The gradient is the
-        same (losses are normalised by the global unit count); on the task's 5-64-token texts the
-        padding share falls from 51% to 36% (2 x 32): 1.25x the tokens/s (benchmarks/bench_stages.py)."""
+        same (losses are normalised by the global unit count); on the task's texts of varied length
+        it pads less and trains faster (benchmarks/README.md, bench_stages.py)."""
         n = self.cfg.num_ranks
         shards = [list(shard(items, r, n)) for r in range(n)]
         if length is not None:

@@ -1,13 +1,17 @@
 """Every role of a PPO run, started as Ray actors from the config: the rollout workers (vLLM), the
 reward and reference actors (frozen RM and SFT policy), and the learner group (policy + critic in
 DeepSpeed). The driver (rlhf_dist/recipes/ppo.py) calls the coarse methods here; nothing here
-holds algorithm state."""
+holds algorithm state.
+
+When a batch is sampled is decided here (`next_batch`, `push_weights`): without overlap, batch
+it + 1 starts as soon as the rollout workers hold weights version it + 1; with
+`rollout.overlap`, it starts when the driver takes batch it, sampled with version it weights
+while the learner trains."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import ray
@@ -19,11 +23,11 @@ from rlhf_dist.actors.rollout import RolloutGroup
 from rlhf_dist.actors.scorers import ReferenceActor, RewardActor, ScorerPool
 from rlhf_dist.buffer import add_columns
 from rlhf_dist.config.ppo import PPOConfig
-from rlhf_dist.data import prompt_text
-from rlhf_dist.data.ppo_data import PPOData
+from rlhf_dist.data import PromptSampler, prompt_text
+from rlhf_dist.data.ppo_data import PPOData, load_ppo_data
 from rlhf_dist.engines.ppo import PPOLossConfig
 from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
-from rlhf_dist.models import check_model_dir
+from rlhf_dist.models import check_model_dir, load_tokenizer
 from rlhf_dist.runtime import ensure_ray, shared_cores_env
 
 
@@ -47,26 +51,68 @@ def scorer_roles(cfg: PPOConfig) -> list[Role]:
             Role("reference actor", ref.num_actors, ref.cpus_per_actor, ref.gpus_per_actor)]
 
 
+class NonFiniteScoreError(ValueError):
+    """A reward that is NaN or infinite; the message names the prompt and the sample."""
+
+
+def check_models(cfg: PPOConfig):
+    """Check the model folders the run loads, as the config decides: the SFT model (policy and
+    reference), the reward model where it is the reward or the critic's start, `critic=` where
+    there is a critic. Returns the SFT tokenizer, which the RM and the critic read ids of."""
+    if cfg.reward_uses_rm and not cfg.reward_model:
+        raise ValueError(f"reward_source={cfg.reward_source} needs reward_model=DIR (a reward model folder)")
+    if cfg.has_critic and not cfg.critic_start:
+        raise ValueError("ppo.advantage=gae trains a critic: give its start with critic=DIR or reward_model=DIR")
+    rm = cfg.reward_model if cfg.reads_reward_model else ""
+    for key, path in (("sft", cfg.sft), ("reward_model", rm), ("critic", cfg.critic if cfg.has_critic else "")):
+        if path:
+            check_model_dir(path, key)
+    tok = load_tokenizer(cfg.sft)
+    if rm and load_tokenizer(rm).get_vocab() != tok.get_vocab():
+        raise ValueError(f"reward_model={rm}: its tokenizer differs from the SFT model's ({cfg.sft}); "
+                         "the RM (or the critic started from it) reads the policy's token ids, so both must share one tokenizer")
+    return tok
+
+
+def check_finite_scores(table, prompts: list, source: str) -> None:
+    """Raise NonFiniteScoreError naming the first row whose `score` is NaN or infinite (its prompt,
+    from `prompts` by prompt_id, and its sample): a non-finite reward would turn every loss and
+    gradient into NaN."""
+    import numpy as np
+
+    score = np.asarray(table.column("score").to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(score))
+    if bad.size:
+        i = int(bad[0])
+        pid, sample = table.column("prompt_id")[i].as_py(), table.column("sample_index")[i].as_py()
+        raise NonFiniteScoreError(
+            f"reward_source={source}: score {score[i]} for prompt {pid} ({prompt_text(prompts[pid])[:60]!r}), "
+            f"sample {sample}; {bad.size} of {len(score)} rows of this batch are not finite")
+
+
 class PPOActors:
     """The actors of one PPO run (all started in `__init__`; `shutdown` stops them)."""
 
-    def __init__(self, cfg: PPOConfig, load_data: Callable[[], PPOData]) -> None:
-        """Start every role. `load_data()` reads and checks the run's data (`load_ppo_data`); it
-        runs in a thread from the start, while Ray and then the rollout engines start (the longest
-        start of all: about 9 s of a CPU vLLM engine's imports and set-up, docs/stack.md), and the
-        other roles, which need the data's tokenizer and paths, start once it is read. Errors keep
-        their order: the reward function, the SFT folder, Ray and the resources are reported before
-        the data; if the data fails, the started actors are stopped."""
+    def __init__(self, cfg: PPOConfig) -> None:
+        """Start every role. The run's models are checked and its data read (`check_models`,
+        `load_ppo_data`) in a thread from the start, while Ray and then the rollout engines start
+        (the longest start of all, docs/stack.md), and the other roles, which need the tokenizer,
+        start once it is read. Errors keep their order: the reward function, the SFT folder, Ray
+        and the resources are reported before the data; if the data fails, the started actors are
+        stopped."""
         self.cfg = cfg
         self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-batch")
-        # Reading the data is Python (the tokenizer's import alone is about 3 s); Ray's start is
+        self._prompts: PromptSampler | None = None
+        self._pending: Future | None = None
+        # Reading the data is Python (the tokenizer's import is most of it); Ray's start is
         # mostly waiting on its processes, so the two overlap on one core.
-        data = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-data").submit(load_data)
+        data = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-data").submit(
+            lambda: load_ppo_data(cfg, check_models(cfg)))
         r = cfg.rollout
         try:
             # The reward of reward_source: a function spec is loaded here first, so a bad one stops
             # the run in one line before any actor starts.
-            fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_source in ("fn", "rm+fn") else ""
+            fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_uses_fn else ""
             if fn_spec:
                 load_reward_fn(fn_spec)
             check_model_dir(cfg.sft, "sft")  # the rollout engines load it
@@ -94,16 +140,15 @@ class PPOActors:
         rows = cfg.prompts_per_iteration * r.samples_per_prompt
         self.minibatches_per_epoch = rows // p.minibatch_size
         self.ptx_per_minibatch = round(p.ptx_ratio * p.minibatch_size) if data.ptx else 0
-        # RM weights only for rm / rm+fn; the gold scorer only for reward_source=gold.
-        rm_path = data.reward_model if cfg.reward_source in ("rm", "rm+fn") else ""
+        # What the reward actors load follows reward_source (PPOConfig.reward_uses_rm, reward_uses_fn).
+        rm_path = cfg.reward_model if cfg.reward_uses_rm else ""
         gold_task = cfg.task if cfg.reward_source == "gold" else ""
-        self.reward_reads_text = bool(fn_spec or gold_task)
-        self.reward_desc = " + ".join(  # for the start-up line
+        reward_desc = " + ".join(  # for the start-up line
             (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])
             + ([f"reward function gold scorer of {gold_task}"] if gold_task else []))
         rw, ref = cfg.reward, cfg.reference
-        reward_args = (rm_path, data.pad_id, rw.micro_batch_size, rw.dtype, fn_spec, gold_task, data.sft)
-        reference_args = (data.sft, data.pad_id, r.temperature, ref.micro_batch_size, ref.dtype)
+        reward_args = (rm_path, data.pad_id, rw.micro_batch_size, rw.dtype, fn_spec, gold_task, cfg.sft)
+        reference_args = (cfg.sft, data.pad_id, r.temperature, ref.micro_batch_size, ref.dtype)
         if ref.colocate_with_reward:
             (role,) = scorer_roles(cfg)
             self.reward, self.reference = ScorerPool.colocated(role.count, role.cpus, role.gpus, reward_args, reference_args,
@@ -114,10 +159,8 @@ class PPOActors:
             self.reference = ScorerPool(ReferenceActor, ref.num_actors, ref.cpus_per_actor, ref.gpus_per_actor,
                                         *reference_args, max_restarts=cfg.max_restarts, env=env)
         total_steps = cfg.iterations * p.epochs * self.minibatches_per_epoch
-        critic = ModelSpec(data.critic, "scalar", cfg.seed) if p.advantage == "gae" else None  # critic-free: no engine
-        if critic is not None and not data.critic:
-            raise ValueError("ppo.advantage=gae trains a critic: give its start with critic=DIR or reward_model=DIR")
-        self.learner = PPOLearnerGroup(ModelSpec(data.sft, "causal_lm", cfg.seed), critic,
+        critic = ModelSpec(cfg.critic_start, "scalar", cfg.seed) if cfg.has_critic else None  # critic-free: no engine
+        self.learner = PPOLearnerGroup(ModelSpec(cfg.sft, "causal_lm", cfg.seed), critic,
                                        cfg.learner, cfg.optim, cfg.critic_optim, p.minibatch_size, total_steps, data.pad_id,
                                        PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx), learner=cfg.learner),
                                        env=env)
@@ -128,9 +171,9 @@ class PPOActors:
             [worker], self.version, r.weight_transport, r.bucket_mb * 2**20)
         info = self.learner.info[0]
         critic_text = f"critic {info['critic_params']:,} parameters" if critic else f"no critic (ppo.advantage={p.advantage})"
-        scorers = (f"{cfg.reward.num_actors} reward + reference actor(s) ({self.reward_desc} + reference)"
+        scorers = (f"{cfg.reward.num_actors} reward + reference actor(s) ({reward_desc} + reference)"
                    if cfg.reference.colocate_with_reward else
-                   f"{cfg.reward.num_actors} reward actor(s) ({self.reward_desc}) + {cfg.reference.num_actors} reference actor(s)")
+                   f"{cfg.reward.num_actors} reward actor(s) ({reward_desc}) + {cfg.reference.num_actors} reference actor(s)")
         print(f"   {r.num_workers} rollout worker(s), {scorers}, "
               f"{cfg.learner.num_ranks} learner rank(s) (ZeRO-{cfg.learner.zero_stage}; policy {info['policy_params']:,} parameters "
               f"+ {critic_text}); {rows} responses/iteration in {self.minibatches_per_epoch} minibatch(es) "
@@ -156,14 +199,33 @@ class PPOActors:
 
     def score(self, table):
         """`table` with the columns `score` (reward_source's: the RM's, the reward function's, or
-        their sum) and `ref_logprobs`; the reward and reference actors run in parallel."""
+        their sum) and `ref_logprobs`; the reward and reference actors run in parallel. A score
+        that is not finite stops the run, naming the prompt and the sample."""
         ref = self.reference.submit("logprobs", table)
-        if not self.reward_reads_text:
+        if not self.cfg.reward_reads_text:
             score = self.reward.submit("score", table).result()
         else:  # a function reads each prompt as written, not as its possibly truncated token ids
             texts = [prompt_text(self.data.prompts[i]) for i in table.column("prompt_id").to_pylist()]
             score = self.reward.submit("score", table, texts).result()
-        return add_columns(table, score=score, ref_logprobs=ref.result())
+        table = add_columns(table, score=score, ref_logprobs=ref.result())
+        check_finite_scores(table, self.data.prompts, self.cfg.reward_source)
+        return table
+
+    def start_batches(self, prompts: PromptSampler, first: int) -> None:
+        """Start the batch of iteration `first`; every later batch draws its prompts from `prompts`
+        in order, started by `next_batch` (overlap) or `push_weights` (synchronous)."""
+        self._prompts = prompts
+        self._pending = self.rollout_batch(prompts.next(), iteration=first)
+
+    def next_batch(self, iteration: int):
+        """The scored batch of `iteration` (waiting for it): (Arrow table, its sample/score times).
+        With `rollout.overlap` the batch of iteration + 1 starts now, with the weights the workers
+        hold (version `iteration`), and is sampled and scored while the learner trains; its rows
+        are then one version old (corrected by ppo.is_cap, bounded by rollout.max_staleness)."""
+        batch, self._pending = self._pending.result(), None
+        if self.cfg.rollout.overlap and iteration + 1 < self.cfg.iterations:
+            self._pending = self.rollout_batch(self._prompts.next(), iteration=iteration + 1)
+        return batch
 
     def rollout_batch(self, prompt_indices: list[int], iteration: int) -> Future:
         """Sample the prompts and score the samples, in a background thread, so that with
@@ -181,7 +243,8 @@ class PPOActors:
 
     def push_weights(self, version: int) -> dict:
         """The learner's policy weights to every rollout worker, stamped `version`; a worker lost
-        on the way is replaced and the push done again."""
+        on the way is replaced and the push done again. Synchronous runs (no overlap) then start
+        the batch of iteration `version` (if the run has it), sampled with these weights."""
         r = self.cfg.rollout
         while True:
             try:
@@ -191,6 +254,8 @@ class PPOActors:
                 if not self.rollout.replace_dead("lost during a weight push"):
                     raise
         self.version = version
+        if self._prompts is not None and self._pending is None and version < self.cfg.iterations:
+            self._pending = self.rollout_batch(self._prompts.next(), iteration=version)
         return stats
 
     def fault_metrics(self) -> dict:

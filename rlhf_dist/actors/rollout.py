@@ -110,8 +110,8 @@ class RolloutGroup:
             self.wait_ready()
 
     def wait_ready(self) -> None:
-        """Wait until every engine is up (a vLLM start takes ~20 s on CPU, minutes for a large model on
-        GPU); `wait=False` lets the owner start other actors meanwhile."""
+        """Wait until every engine is up (a vLLM start is the longest of a run's roles: docs/results.md,
+        "Start-up"); `wait=False` lets the owner start other actors meanwhile."""
         wait_placed([w.weight_version.remote() for w in self.workers], "rollout workers", ENGINE_START_TIMEOUT_S, self._asked)
 
     def replace(self, w: int, why: str) -> None:

@@ -58,7 +58,7 @@ class ReferenceActor:
 
 class RewardAndReferenceActor:
     """A reward actor and a reference actor in one process (`reference.colocate_with_reward`): one
-    Python, torch and transformers start-up (about 4.5 CPU-seconds) and one copy of the runtime's
+    Python, torch and transformers start-up (benchmarks/README.md, bench_scorers.py) and one copy of the runtime's
     memory fewer per pair; on a GPU node both models share the actor's device (OpenRLHF's
     colocation of frozen models). Ray runs its two methods in two threads (max_concurrency=2) and
     torch releases the GIL inside its kernels, so the reward and the reference score a batch at

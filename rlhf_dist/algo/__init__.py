@@ -27,11 +27,13 @@ from rlhf_dist.algo.masked import masked_mean, masked_sum, masked_var, masked_wh
 from rlhf_dist.algo.ranking import pairwise_accuracy, ranking_loss, ranks_from_ordering
 from rlhf_dist.algo.schedules import lr_multiplier
 from rlhf_dist.algo.rewards import last_token_index, response_mask_after_eos, token_level_rewards
+from rlhf_dist.algo.targets import compute_targets
 
 __all__ = [
     "PPOTargets",
     "RunningMoments",
     "batch_metrics",
+    "compute_targets",
     "explained_variance",
     "ppo_targets",
     "CriticFreeTargets",

@@ -102,7 +102,7 @@ def to_padded(
     attention_mask = np.concatenate([prompt_mask, response_mask], axis=1).astype(np.int64)
     # cumsum(mask) - 1 clamped at 0: the formula of rlhf_dist.models.batching.position_ids_from_mask
     # (not imported: the models package pulls in transformers), in numpy because torch's int64
-    # cumsum on CPU is about 3x slower here (18 ms vs 7 ms at 4096 x 880, one thread).
+    # cumsum is slower on CPU.
     position_ids = np.cumsum(attention_mask, axis=1)
     position_ids -= 1
     np.maximum(position_ids, 0, out=position_ids)

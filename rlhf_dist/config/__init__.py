@@ -12,9 +12,10 @@ from rlhf_dist.config.loader import (
     load_config,
     parse_overrides,
     save_config,
+    with_overrides,
 )
 
 __all__ = [
     "META_KEYS", "ConfigError", "check_declarations", "config_to_dict", "derive", "describe_fields",
-    "load_config", "parse_cli", "parse_overrides", "save_config",
+    "load_config", "parse_cli", "parse_overrides", "save_config", "with_overrides",
 ]

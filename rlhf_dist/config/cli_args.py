@@ -8,7 +8,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-from rlhf_dist.config.loader import _field_default, _meta, _num, _type_name, load_config
+from rlhf_dist.config.loader import ConfigError, _field_default, _meta, _num, _type_name, load_config
 
 T = TypeVar("T")
 
@@ -73,4 +73,24 @@ def parse_cli(cls: type[T], argv: list[str], prog: str, description: str) -> T:
     overrides = list(ns.overrides)
     if getattr(ns, "out", None):
         overrides.append(f"out={ns.out}")
-    return load_config(cls, ns.config, overrides)
+    cfg = load_config(cls, ns.config, overrides)
+    if getattr(cfg, "out", ""):
+        check_out_folder(cfg.out)
+    return cfg
+
+
+def check_out_folder(out: str) -> None:
+    """Refuse an `out` folder that cannot be made or written, before a command starts anything: an
+    existing file (or a file where a parent folder should be), or a nearest existing folder that is
+    not writable. ConfigError naming the key and the path at fault."""
+    import os
+    from pathlib import Path
+
+    path = Path(out).expanduser()
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"out={out}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ConfigError(f"out={out}: {p} is not writable")
+            return

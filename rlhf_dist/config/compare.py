@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 
 from rlhf_dist.config.fields import DEFAULT_TASK, param
+from rlhf_dist.config.ppo import PPOConfig
+from rlhf_dist.config.stages import DPOConfig
 
 # Names the command gives folders or models of its own: a method may not take them.
 RESERVED_NAMES = ("sft", "eval")
@@ -27,12 +29,13 @@ class CompareConfig:
     task: str = param(DEFAULT_TASK, "task plug-in whose labeler and gold scorer evaluate (module:attr or file.py:attr)")
     ppo_config: str = param("configs/tiny.yaml", "base config of every PPO method")
     iterations: int = param(40, "PPO iterations of every method (a method's own `iterations=` wins)", ge=1)
-    ppo_overrides: list[str] = param([], "key=value for every PPO method, before the method's own")
+    ppo_overrides: list[str] = param([], "key=value for every PPO method, before the method's own", overrides_of=PPOConfig)
     methods: dict[str, list[str]] = param({"ppo": []}, "method name -> its PPO key=value overrides on top of ppo_config: "
-                                                        "methods.grpo=[ppo.advantage=grpo,rollout.samples_per_prompt=4]")
+                                                        "methods.grpo=[ppo.advantage=grpo,rollout.samples_per_prompt=4]",
+                                                        overrides_of=PPOConfig)
     only: list[str] = param([], "train and evaluate only these methods (names of methods, or dpo); empty: all")
     dpo: bool = param(False, "also train DPO from the SFT model on the rankings (the method named dpo)")
-    dpo_overrides: list[str] = param([], "key=value for the DPO stage (`rlhf-dist dpo --help`)")
+    dpo_overrides: list[str] = param([], "key=value for the DPO stage (`rlhf-dist dpo --help`)", overrides_of=DPOConfig)
     rm_counterpart: str = param("ppo", "the RM-trained method whose correctness the verifiable-reward methods "
                                        "(reward_source fn, rm+fn, gold) are compared with, besides SFT")
     cpus: float = param(2.0, "CPUs of the DPO stage's learner rank (the PPO methods take theirs from ppo_config)", gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf_dist.config.ppo import PPOConfig
 from rlhf_dist.config.fields import DEFAULT_LABELER_TEMPERATURE, DEFAULT_TASK, param
 
 
@@ -53,7 +54,7 @@ class OveroptConfig:
     eval_prompts: int = param(128, "held-out prompts per evaluation and for best-of-n", ge=1)
     bon_n: list[int] = param([1, 2, 4, 8, 16], "best-of-n values (N = the largest)", ge=1)
     ppo_config: str = param("configs/tiny.yaml", "base config file of the PPO runs")
-    ppo_overrides: list[str] = param([], "extra key=value for every PPO run")
+    ppo_overrides: list[str] = param([], "extra key=value (`rlhf-dist ppo` keys) for every PPO run", overrides_of=PPOConfig)
     temperature: float = param(0.7, "sampling temperature (PPO rollouts and best-of-n)", gt=0)
     max_new_tokens: int = param(32, "response budget", ge=1)
     seed: int = param(0, "seed")

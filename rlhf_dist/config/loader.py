@@ -16,6 +16,10 @@ against its field's declaration; an error is one line (ConfigError) naming its o
            each list item, each dict value: "'ppo.lam'=5.0: must be <= 1".
   finite   a float must be finite (not YAML .nan/.inf, override nan/inf) unless metadata "finite": False.
   help     metadata "help": shown by `--help`, followed by the choices and range ("GAE lambda; in [0, 1]").
+  overrides_of  metadata "overrides_of": a config class. The field (list[str], or a dict of them) holds `key=value`
+           overrides of that class, which a composing command applies (`with_overrides`): each is checked at load
+           time against the class's keys, types, choices and ranges, and an error names this file and line:
+           "compare.yaml:23: 'methods.grpo[1]': 'ppo.advantag': unknown key ...".
 
     lam: float = field(default=0.95, metadata={"help": "GAE lambda", "ge": 0, "le": 1})
     weight_transport: Literal["auto", "broadcast"] = field(default="auto", metadata={"help": "..."})
@@ -41,7 +45,7 @@ import yaml
 T = TypeVar("T")
 Where = Callable[[str], str]  # dotted key -> where its value came from: "c.yaml:12", "override 'a=1'", "derive"
 
-META_KEYS = frozenset({"help", "ge", "gt", "le", "lt", "finite"})
+META_KEYS = frozenset({"help", "ge", "gt", "le", "lt", "finite", "overrides_of"})
 _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
 
 
@@ -63,6 +67,9 @@ def _line_numbers(text: str) -> dict[str, int]:
                 key = f"{prefix}{key_node.value}"
                 lines[key] = key_node.start_mark.line + 1
                 walk(value_node, key + ".")
+        elif isinstance(node, yaml.SequenceNode) and prefix:  # list items: "key[i]"
+            for i, item in enumerate(node.value):
+                lines[f"{prefix[:-1]}[{i}]"] = item.start_mark.line + 1
 
     walk(yaml.compose(text), "")
     return lines
@@ -108,6 +115,9 @@ def _check(value: Any, tp: Any, meta: typing.Mapping, key: str, where: Where) ->
         key_tp, value_tp = typing.get_args(tp) or (Any, Any)
         return {_check(k, key_tp, {}, f"{key}.{k}", where): _check(v, value_tp, meta, f"{key}.{k}", where)
                 for k, v in value.items()}
+    if tp is str and "overrides_of" in meta and isinstance(value, str):
+        _check_override(value, meta["overrides_of"], key, where)
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -128,6 +138,33 @@ def _check(value: Any, tp: Any, meta: typing.Mapping, key: str, where: Where) ->
     else:
         raise fail(f"unsupported field type {tp!r}")
     raise fail(f"expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_override(item: str, cls: type, key: str, where: Where) -> None:
+    """`item` ('a.b=value') is a valid override of config class `cls`: a known dotted key, a value of
+    its type, choices and range; else ConfigError naming where(key), `key` and the override's key."""
+    try:
+        nested, _ = parse_overrides([item])
+    except ConfigError as e:
+        raise ConfigError(f"{where(key)}: '{key}': {str(e).removeprefix(f'override {item!r}: ')} ({item!r})") from None
+    inner: Where = lambda _k: f"{where(key)}: '{key}'"  # noqa: E731
+
+    def walk(klass: type, data: dict, prefix: str) -> None:
+        hints = typing.get_type_hints(klass)
+        fields = {f.name for f in dataclasses.fields(klass)}
+        for k, v in data.items():
+            dotted = f"{prefix}{k}"
+            if k not in fields:
+                raise ConfigError(f"{inner(dotted)}: unknown key '{dotted}' of {cls.__name__} "
+                                  f"(known at this level: {', '.join(sorted(fields))})")
+            if dataclasses.is_dataclass(hints[k]):
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{inner(dotted)}: '{dotted}' is a section; expected a mapping, got {v!r}")
+                walk(hints[k], v, dotted + ".")
+            else:
+                _check(v, hints[k], _meta(klass, k), dotted, inner)
+
+    walk(cls, nested, "")
 
 
 def _to_float(value: Any) -> float | None:
@@ -271,13 +308,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     set_by_command = set(_dotted_keys(values or {}))
 
     def where_of(dotted: str) -> str:
-        dotted = dotted.split("[")[0]  # a list item: the list's line
-        if dotted in origin:
-            return origin[dotted]
-        if dotted in set_by_command:
+        key = dotted.split("[")[0]  # a list item: its own line, else the list's
+        if key in origin:
+            return origin[key]
+        if key in set_by_command:
             return f"{cls.__name__} (set by the command)"
-        if path is not None and dotted in lines:
-            return f"{path}:{lines[dotted]}"
+        for k in (dotted, key):
+            if path is not None and k in lines:
+                return f"{path}:{lines[k]}"
         return str(path) if path is not None else "config"
 
     return _build(cls, _merge(_merge(data, values or {}), extra), "", where_of)
@@ -301,20 +339,31 @@ def derive(cfg: T, **changes: Any) -> T:
     """
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"derive: expected a config instance, got {cfg!r}")
-    return _derive(copy.deepcopy(cfg), changes, "")
+    return _derive(copy.deepcopy(cfg), changes, "", _AT_DERIVE)
+
+
+def with_overrides(cfg: T, overrides: list[str], origin: str) -> T:
+    """A NEW config: `cfg` with the user's `key=value` strings applied on top (they win over the values
+    a composing command set). `origin` names where they came from in errors ("methods.grpo")."""
+    nested, where = parse_overrides(overrides)
+    every = ("override " if len(overrides) == 1 else "overrides ") + ", ".join(repr(o) for o in overrides)
+    try:
+        return _derive(copy.deepcopy(cfg), nested, "", lambda key: f"{origin}: {where.get(key, every)}")
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(origin) else f"{origin}: {e}") from None
 
 
 _AT_DERIVE: Where = lambda _key: "derive"  # noqa: E731
 
 
-def _derive(cfg, changes: dict, prefix: str):
+def _derive(cfg, changes: dict, prefix: str, where: Where):
     hints = typing.get_type_hints(type(cfg))
     fields = {f.name for f in dataclasses.fields(cfg) if f.init}
     kwargs = {}
     for key, value in changes.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"derive: unknown key '{dotted}' (known at this level: {', '.join(sorted(fields))})")
+            raise ConfigError(f"{where(dotted)}: unknown key '{dotted}' (known at this level: {', '.join(sorted(fields))})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if isinstance(value, tp):  # a whole section: rebuilt field by field, so it is checked too
@@ -324,12 +373,12 @@ def _derive(cfg, changes: dict, prefix: str):
                 base = getattr(cfg, key)
                 base = base if dataclasses.is_dataclass(base) else tp()
             else:
-                raise ConfigError(f"derive: '{dotted}' is a section; "
+                raise ConfigError(f"{where(dotted)}: '{dotted}' is a section; "
                                   f"expected a mapping or a {tp.__name__}, got {value!r}")
-            kwargs[key] = _derive(base, value, dotted + ".")
+            kwargs[key] = _derive(base, value, dotted + ".", where)
         else:
-            kwargs[key] = _check(value, tp, _meta(type(cfg), key), dotted, _AT_DERIVE)
-    return _construct(lambda **kw: dataclasses.replace(cfg, **kw), kwargs, prefix, _AT_DERIVE)
+            kwargs[key] = _check(value, tp, _meta(type(cfg), key), dotted, where)
+    return _construct(lambda **kw: dataclasses.replace(cfg, **kw), kwargs, prefix, where)
 
 
 def check_declarations(cls: type) -> list[str]:

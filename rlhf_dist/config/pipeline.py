@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rlhf_dist.config.fields import DEFAULT_LABELER_TEMPERATURE, DEFAULT_TASK, param
+from rlhf_dist.config.ppo import PPOConfig
 
 # The PPO-ptx run's LM data, by `QuickstartConfig.ptx_data` (files of the task-data folder).
 PTX_DATA = {"demonstrations": ["sft.jsonl"], "pretraining": ["pretrain.jsonl"], "both": ["pretrain.jsonl", "sft.jsonl"]}
@@ -82,7 +83,8 @@ class QuickstartConfig:
     rm_epochs: float = param(1.0, "passes over the rankings (InstructGPT: 1)", gt=0)
     ppo_config: str = param("configs/tiny.yaml", "base config of the PPO runs")
     ppo_iterations: int = param(40, "PPO iterations (each run)", ge=1)
-    ppo_overrides: list[str] = param([], "extra key=value for both PPO runs")
+    ppo_overrides: list[str] = param([], "extra key=value (`rlhf-dist ppo` keys) for both PPO runs and the "
+                                         "over-optimisation runs, on top of ppo_config", overrides_of=PPOConfig)
     ptx_coef: float = param(0.5, "gamma of the PPO-ptx run", ge=0)
     ptx_ratio: float = param(1.0, "ptx sequences per RL episode in the PPO-ptx run", gt=0)
     # InstructGPT mixes pretraining data to keep general skills; here the skill PPO erodes is the

@@ -157,12 +157,43 @@ class PPOConfig:
             raise ValueError(f"prompts_per_iteration x rollout.samples_per_prompt = {rows} is not divisible by "
                              f"ppo.minibatch_size {self.ppo.minibatch_size}")
 
+    # ---- Decisions that follow from the settings, made here once and read everywhere.
+
+    @property
+    def reward_uses_rm(self) -> bool:
+        """The reward model scores the samples (reward_source rm or rm+fn)."""
+        return self.reward_source in ("rm", "rm+fn")
+
+    @property
+    def reward_uses_fn(self) -> bool:
+        """The reward function `reward_fn` scores the samples (reward_source fn or rm+fn)."""
+        return self.reward_source in ("fn", "rm+fn")
+
+    @property
+    def reward_reads_text(self) -> bool:
+        """The reward reads the prompt and response texts (a reward function, or the gold scorer)."""
+        return self.reward_source != "rm"
+
+    @property
+    def has_critic(self) -> bool:
+        """GAE trains a critic; the critic-free estimators build no critic engine."""
+        return self.ppo.advantage == "gae"
+
+    @property
+    def critic_start(self) -> str:
+        """Where the critic starts: `critic`, else the reward model (InstructGPT C.4); "" without a critic."""
+        return (self.critic or self.reward_model) if self.has_critic else ""
+
+    @property
+    def reads_reward_model(self) -> bool:
+        """A reward model folder is read: as the reward, or as the critic's start (GAE without critic=)."""
+        return self.reward_uses_rm or (self.has_critic and not self.critic)
+
     def _check_reward(self) -> None:
         """The reward settings agree: a function where one is used, and only there. A missing RM
         folder is found or built in `models`, so `reward_model` may stay empty here."""
-        uses_fn = self.reward_source in ("fn", "rm+fn")
-        if uses_fn and not self.reward_fn.strip():
+        if self.reward_uses_fn and not self.reward_fn.strip():
             raise ValueError(f"reward_source={self.reward_source} needs reward_fn='module:attr' or 'path/to/file.py:attr'")
-        if not uses_fn and self.reward_fn:
+        if not self.reward_uses_fn and self.reward_fn:
             raise ValueError(f"reward_fn={self.reward_fn!r} is unused with reward_source={self.reward_source}: "
                              "set reward_source=fn or rm+fn")

@@ -35,9 +35,8 @@ def attention_kernel(cfg: LearnerConfig, device: torch.device) -> str | None:
     """The attention implementation to set on a trained model, or None to keep the model's own.
 
     "auto" picks eager attention (matmuls + softmax) for bf16 on CPU: there torch's flash-attention
-    kernel takes about 3x longer backward in bf16 than in fp32, and a bf16 forward + backward of the
-    benchmark policy is about 1.7x faster than fp32 with eager attention, 1.3x with sdpa
-    (benchmarks/bench_precision.py; docs/stack.md, "bf16 on CPU").
+    kernel is slow backward in bf16, and eager attention is what makes a bf16 learner faster than
+    fp32 (benchmarks/bench_precision.py; docs/stack.md, "bf16 on CPU").
     """
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation

@@ -24,7 +24,7 @@ def default_device() -> torch.device:
 @torch.no_grad()
 def _warm_up(forward) -> None:
     """One tiny padded forward at start-up: the first call's one-time costs (kernel selection, lazy
-    initialisation; about 0.4 s of the first scoring call on CPU) are then paid while the other
+    initialisation: docs/results.md, "Start-up") are then paid while the other
     roles start rather than in the first iteration."""
     device = default_device()
     forward(torch.ones(2, 8, dtype=torch.long, device=device),

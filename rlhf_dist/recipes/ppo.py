@@ -27,16 +27,11 @@ def train_ppo(cfg: PPOConfig) -> dict:
     from tqdm import tqdm
 
     from rlhf_dist.actors.ppo_actors import PPOActors
-    import torch
-
-    from rlhf_dist.algo import (RunningMoments, batch_metrics, critic_free_targets, make_kl_controller, ppo_targets,
-                                truncated_is_weights)
-    from rlhf_dist.buffer import TrajectoryWriter, add_columns, to_padded
+    from rlhf_dist.algo import RunningMoments, compute_targets, make_kl_controller
+    from rlhf_dist.buffer import TrajectoryWriter, add_columns
     from rlhf_dist.data import PromptSampler, PtxSampler, minibatches
-    from rlhf_dist.data.ppo_data import load_ppo_data
-    from rlhf_dist.engines.ppo import learner_metrics
     from rlhf_dist.recipes import ppo_checkpoint as checkpoint
-    from rlhf_dist.recipes.build_model import find_or_build_models
+    from rlhf_dist.recipes.ppo_models import find_or_build_models
     from rlhf_dist.runtime import RunLog, Timer, prepare_run_folder, write_json
     from rlhf_dist.tasks.base import load_task
 
@@ -44,16 +39,14 @@ def train_ppo(cfg: PPOConfig) -> dict:
     resuming = prepare_run_folder(out, cfg.resume, cfg.overwrite, checkpoint.RUN_ARTIFACTS)  # before anything is written
     cfg = find_or_build_models(cfg)  # sft=, reward_model= and data= filled in
     task, p = load_task(cfg.task), cfg.ppo
-    actors = PPOActors(cfg, lambda: load_ppo_data(cfg))  # the data is read while the engines start
-    data = actors.data
-    log = None
+    actors = PPOActors(cfg)  # every role started; the data is read while the engines start
+    data, log = actors.data, None
     try:
         prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
         ptx = PtxSampler(len(data.ptx), actors.ptx_per_minibatch, cfg.seed) if actors.ptx_per_minibatch else None
         kl_ctl = make_kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
         score_stats = RunningMoments()  # for score_norm=running (Secrets of RLHF I, PPO-max)
-        first, evals = (checkpoint.restore(out, actors.learner, kl_ctl, score_stats, prompts, ptx)
-                        if resuming else (0, {}))
+        first, evals = checkpoint.restore(out, actors.learner, kl_ctl, score_stats, prompts, ptx) if resuming else (0, {})
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         log, writer = RunLog(out, resume_step=first or None), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
@@ -62,75 +55,38 @@ def train_ppo(cfg: PPOConfig) -> dict:
         elif cfg.eval_prompts:
             evals["sft"] = evaluate(actors, task, cfg, out, log, 0, "sft")
         bar = tqdm(total=cfg.iterations, initial=first, desc="   ppo", unit="it", dynamic_ncols=True, mininterval=1.0)
-        pending = actors.rollout_batch(prompts.next(), iteration=first)
+        actors.start_batches(prompts, first)
         for it in range(first, cfg.iterations):  # the learner's weights are version `it`
             timer, t0 = Timer(), time.perf_counter()
-            with timer("rollout"):  # 1-2. the batch: sampled by the rollout workers (Arrow rows, each with its weight
-                # version), scored by the reward actors (RM and/or reward function) || the reference's log-probs
-                table, batch_times = pending.result()
-                if cfg.rollout.overlap and it + 1 < cfg.iterations:  # the next batch with version `it`, while the learner trains
-                    pending = actors.rollout_batch(prompts.next(), iteration=it + 1)
+            with timer("rollout"):  # 1-2. sampled by the rollout workers (Arrow rows, each with its weight version),
+                # scored by the reward actors (RM and/or reward function) || the reference's log-probs
+                table, batch_times = actors.next_batch(it)  # with overlap, batch it + 1 starts sampling now
                 staleness = check_staleness(table, it, cfg.rollout.max_staleness)
-                data.check_finite_scores(table, cfg.reward_source)  # a function's faults are caught in its actor
-                gold = data.gold_scores(task, table)  # the hidden gold score: monitoring (gold/train_mean)
             with timer("learner"):
-                # 3. the learner's log-probs and values before the update ("old"; the gap to vLLM is logged);
-                # one epoch of one minibatch keeps these forwards' graphs for the update instead of forwarding again
+                # 3. the learner's log-probs and values before the update ("old"); one epoch of one
+                # minibatch keeps these forwards' graphs for the update instead of forwarding again
                 reuse = actors.learner.can_reuse_forward(table.num_rows, p.epochs)
                 old_logprobs, values, entropy = actors.learner.forward_old(table, keep=reuse)  # values: None without a critic
                 table = add_columns(table, old_logprobs=old_logprobs, **({"values": values} if values is not None else {}))
-                # 4. advantages over the whole batch (pure functions): KL-shaped token rewards -> GAE -> whitening with
-                #    the critic, or a critic-free estimator (the prompt's other responses, or the batch, as the baseline)
-                t = to_padded(table, data.pad_id, columns=["score", "finished_with_eos", "rollout_logprobs", "ref_logprobs",
-                                                           "old_logprobs"] + (["values"] if values is not None else []))
-                c, mask, beta = t.columns, t.response_mask, kl_ctl.beta
-                score = c["score"]
-                if p.score_norm == "running":
-                    score_stats.update(score)
-                    score = score_stats.normalize(score, p.score_clip)
-                reward_beta = beta if p.kl_penalty == "reward" else 0.0  # kl_penalty=loss: the learner adds the KL term
-                if p.advantage == "gae":
-                    targets = ppo_targets(score=score, old_logprobs=c["old_logprobs"], ref_logprobs=c["ref_logprobs"],
-                                          values=c["values"], mask=mask, has_eos=c["finished_with_eos"], beta=reward_beta,
-                                          kl_estimator=p.kl_estimator, gamma=p.gamma, lam=p.lam,
-                                          missing_eos_penalty=p.missing_eos_penalty, whiten_rewards=p.whiten_rewards,
-                                          whiten_advantages=p.whiten_advantages)
-                    table = add_columns(table, advantages=targets.advantages, returns=targets.returns, kl=targets.kl_sum)
-                else:
-                    targets = critic_free_targets(score=score, logprobs=c["old_logprobs"], ref_logprobs=c["ref_logprobs"],
-                                                  mask=mask, has_eos=c["finished_with_eos"], estimator=p.advantage,
-                                                  group_size=cfg.rollout.samples_per_prompt, beta=reward_beta,
-                                                  kl_in_reward=p.kl_penalty == "reward", kl_estimator=p.kl_estimator,
-                                                  gamma=p.gamma, missing_eos_penalty=p.missing_eos_penalty)
-                    table = add_columns(table, advantages=targets.advantages, kl=targets.kl_sum)
-                # 4b. rows sampled with older weights (overlap): truncated importance weights pi_old / pi_rollout
-                stale = torch.as_tensor(table.column("policy_version").to_numpy() < it)
-                offpolicy = {}
-                if p.is_cap is not None and bool(stale.any()):
-                    weights, offpolicy = truncated_is_weights(c["old_logprobs"], c["rollout_logprobs"], mask, stale, p.is_cap)
-                    table = add_columns(table, is_weights=weights)
+                # 4. advantages over the whole batch (rlhf_dist/algo/targets.py), importance weights of stale rows
+                batch, beta = padded_batch(table, data.pad_id), kl_ctl.beta
+                targets = compute_targets(p, batch.columns, batch.response_mask, beta, cfg.rollout.samples_per_prompt,
+                                          score_stats)
+                table, offpolicy = with_targets(table, targets, batch, it, p.is_cap)
                 # 5. PPO epochs: every row once per epoch, in a fresh seeded permutation (docs/ppo-details.md item 35)
-                steps = []
-                for epoch in range(p.epochs):
-                    for rows in minibatches(table.num_rows, p.minibatch_size, seed=cfg.seed * 7919 + it, epoch=epoch):
-                        ptx_items = [data.ptx[i] for i in ptx.next()] if ptx else None
-                        # (one minibatch: its gradient does not depend on the row order, so the kept forwards' order stays)
-                        steps.append(actors.learner.ppo_step(table if reuse else table.take(rows), ptx_items,
-                                                             reuse_forward=reuse))
-            with timer("sync"):  # 6. new weights to every rollout worker, stamped version it + 1
+                steps = [actors.learner.ppo_step(table if reuse else table.take(rows),
+                                                 [data.ptx[i] for i in ptx.next()] if ptx else None, reuse_forward=reuse)
+                         for epoch in range(p.epochs)
+                         for rows in minibatches(table.num_rows, p.minibatch_size, seed=cfg.seed * 7919 + it, epoch=epoch)]
+            with timer("sync"):  # 6. new weights to every rollout worker, version it + 1 (synchronous: batch it + 1 starts)
                 sync = actors.push_weights(version=it + 1)
-            if not cfg.rollout.overlap and it + 1 < cfg.iterations:
-                pending = actors.rollout_batch(prompts.next(), iteration=it + 1)
             kl_ctl.update(targets.kl_sum.mean().item(), table.num_rows)
             # 7. log, keep the trajectories, evaluate, checkpoint
             if cfg.write_trajectories:
                 writer.write(it, table)
-            record = {**batch_metrics(c["score"], targets, beta, mask, c["finished_with_eos"], c["rollout_logprobs"],
-                                      c["old_logprobs"], c.get("values")),
-                      "gold/train_mean": sum(gold) / len(gold), "rollout/staleness": staleness,
-                      "rollout/entropy": _list_mean(entropy), **offpolicy, **learner_metrics(steps), **timer.metrics(), **batch_times,
-                      **actors.fault_metrics(),
-                      "time/sync_push_s": sync.get("seconds", 0.0), "time/iteration_s": time.perf_counter() - t0}
+            record = iteration_record(table, batch, targets, beta, steps, entropy, offpolicy, staleness, task, data,
+                                      {**timer.metrics(), **batch_times, "time/sync_push_s": sync.get("seconds", 0.0)},
+                                      actors.fault_metrics(), started=t0)
             log.write(it + 1, record)
             bar.set_postfix(score=f"{record['objective/score']:.3f}", gold=f"{record['gold/train_mean']:.3f}",
                             kl=f"{record['objective/kl']:.2f}")
@@ -142,7 +98,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         bar.close()
         if cfg.eval_prompts:
             evals["ppo"] = evaluate(actors, task, cfg, out, log, cfg.iterations, "ppo")
-        actors.learner.save(out / "model", out / "critic", data.sft)
+        actors.learner.save(out / "model", out / "critic", cfg.sft)
         peak_mb = actors.learner.peak_memory_mb()
     finally:
         actors.shutdown()
@@ -150,13 +106,62 @@ def train_ppo(cfg: PPOConfig) -> dict:
             log.close()
     summary = {"iterations": cfg.iterations, "wall_time_s": time.perf_counter() - start, "eval": evals,
                "learner_peak_memory_mb": peak_mb, "model": str(out / "model"),
-               "critic": str(out / "critic") if p.advantage == "gae" else None, "sft": data.sft,
-               "reward_model": data.reward_model, "config": config_to_dict(cfg)}
+               "critic": str(out / "critic") if cfg.has_critic else None, "sft": cfg.sft,
+               "reward_model": cfg.reward_model if cfg.reward_uses_rm else "", "config": config_to_dict(cfg)}
     write_json(out / "summary.json", summary)
     if "sft" in evals and "ppo" in evals:
         print(f"   held-out gold: SFT {evals['sft']['gold']:.3f} -> PPO {evals['ppo']['gold']:.3f}; reward "
               f"{evals['sft']['proxy']:.3f} -> {evals['ppo']['proxy']:.3f}; KL(PPO || SFT) {evals['ppo']['kl']:.2f} nats/response")
     return summary
+
+
+# The padded columns of a batch that step 4 and the record read (values only with a critic).
+BATCH_COLUMNS = ("score", "finished_with_eos", "rollout_logprobs", "ref_logprobs", "old_logprobs")
+
+
+def padded_batch(table, pad_id: int):
+    """The batch's (B,) and (B, T) tensors of BATCH_COLUMNS (+ values) and its response mask."""
+    from rlhf_dist.buffer import to_padded
+
+    return to_padded(table, pad_id, columns=list(BATCH_COLUMNS) + (["values"] if "values" in table.column_names else []))
+
+
+def with_targets(table, targets, batch, version: int, is_cap: float | None):
+    """`table` with the learner's targets (advantages; returns with GAE; the KL sum per row) and,
+    for rows sampled with weights older than `version` (overlap), truncated importance weights
+    min(pi_old / pi_rollout, is_cap) per token; also the off-policy metrics ({} without such rows)."""
+    import torch
+
+    from rlhf_dist.algo import truncated_is_weights
+    from rlhf_dist.buffer import add_columns
+
+    returns = {"returns": targets.returns} if hasattr(targets, "returns") else {}
+    table = add_columns(table, advantages=targets.advantages, **returns, kl=targets.kl_sum)
+    stale = torch.as_tensor(table.column("policy_version").to_numpy() < version)
+    if is_cap is None or not bool(stale.any()):
+        return table, {}
+    c = batch.columns
+    weights, metrics = truncated_is_weights(c["old_logprobs"], c["rollout_logprobs"], batch.response_mask, stale, is_cap)
+    return add_columns(table, is_weights=weights), metrics
+
+
+def iteration_record(table, batch, targets, beta: float, steps: list[dict], entropy, offpolicy: dict, staleness: int,
+                     task, data, times: dict, faults: dict, started: float) -> dict:
+    """One iteration's metrics (metrics.jsonl, TensorBoard), N+'s names: the batch's objective and
+    rollout statistics, the hidden gold score of the training samples (monitoring only: the
+    policy never sees it), the learner's losses and clip fractions, times (the iteration's since
+    `started`) and actor restarts."""
+    from rlhf_dist.algo import batch_metrics
+    from rlhf_dist.engines.ppo import learner_metrics
+    from rlhf_dist.evaluation.sample_and_score import sample_and_score
+
+    c = batch.columns
+    prompts = [data.prompts[i] for i in table.column("prompt_id").to_pylist()]
+    gold = sample_and_score(lambda _ids: table, prompts, table.column("prompt_ids").to_pylist(), task, data.tokenizer).gold
+    return {**batch_metrics(c["score"], targets, beta, batch.response_mask, c["finished_with_eos"], c["rollout_logprobs"],
+                            c["old_logprobs"], c.get("values")),
+            "gold/train_mean": sum(gold) / len(gold), "rollout/staleness": staleness, "rollout/entropy": _list_mean(entropy),
+            **offpolicy, **learner_metrics(steps), **times, **faults, "time/iteration_s": time.perf_counter() - started}
 
 
 def evaluate(actors, task, cfg: PPOConfig, out: Path, log, step: int, tag: str) -> dict:

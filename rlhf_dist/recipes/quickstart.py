@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rlhf_dist.config import derive, load_config, parse_cli
+from rlhf_dist.config import derive, load_config, parse_cli, with_overrides
 from rlhf_dist.config.evaluation import EvalConfig, OveroptConfig
 from rlhf_dist.config.pipeline import PTX_DATA, LabelConfig, QuickstartConfig, TaskDataConfig
 from rlhf_dist.config.ppo import PPOConfig
@@ -53,11 +53,13 @@ def main(argv: list[str]) -> int:
     load_task(cfg.task)  # a bad task spec or base folder fails here, before anything is written
     if cfg.base:
         check_model_dir(cfg.base, "base")
-    # The PPO runs: configs/tiny.yaml (ppo_config) with the quickstart's settings, the user's
-    # ppo_overrides on top; checked here, before anything is written.
-    ppo_settings = {"overwrite": True, "data": str(data), "task": cfg.task, "seed": cfg.seed, "iterations": cfg.ppo_iterations,
-                    "eval_prompts": 0, "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}}
-    load_config(PPOConfig, cfg.ppo_config, cfg.ppo_overrides, values={"out": str(out / "ppo"), **ppo_settings})
+    # The PPO runs, typed: ppo_config with the quickstart's settings, the user's ppo_overrides on top
+    # (checked against PPOConfig's keys when the quickstart config was loaded); each run derives
+    # its models, folder and ptx settings from it. Built here, before anything is written.
+    ppo_base = with_overrides(load_config(PPOConfig, cfg.ppo_config, values={
+        "out": str(out / "ppo"), "overwrite": True, "data": str(data), "task": cfg.task, "seed": cfg.seed,
+        "iterations": cfg.ppo_iterations, "eval_prompts": 0,
+        "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}}), cfg.ppo_overrides, "ppo_overrides")
     common = dict(data=str(data), seed=cfg.seed, learner={"cpus_per_rank": cfg.cpus}, eval_every=0, overwrite=True)
     timings: dict[str, float] = {}
 
@@ -84,14 +86,12 @@ def main(argv: list[str]) -> int:
     with stage("5/10 reward model on the labeler's rankings", timings):
         reward = rm(derive(RMConfig(out=str(out / "rm")), init=tuned["model"], epochs=cfg.rm_epochs, task=cfg.task,
                            **{**common, "data": str(rankings)}))
-    models_of_ppo = {"sft": tuned["model"], "reward_model": reward["model"], **ppo_settings}
+    ppo_base = derive(ppo_base, sft=tuned["model"], reward_model=reward["model"])
     with stage("6/10 PPO against the reward model", timings):
-        ppo = train_ppo(load_config(PPOConfig, cfg.ppo_config, cfg.ppo_overrides, values={
-            "out": str(out / "ppo"), **models_of_ppo, "ppo": {"ptx_coef": 0.0}}))
+        ppo = train_ppo(derive(ppo_base, out=str(out / "ppo"), ppo={"ptx_coef": 0.0}))
     with stage(f"7/10 PPO-ptx (gamma = {cfg.ptx_coef:g}, LM term on the {cfg.ptx_data})", timings):
-        ppo_ptx = train_ppo(load_config(PPOConfig, cfg.ppo_config, cfg.ppo_overrides, values={
-            "out": str(out / "ppo_ptx"), **models_of_ppo, "ppo": {"ptx_coef": cfg.ptx_coef, "ptx_ratio": cfg.ptx_ratio},
-            "ptx_file": ",".join(str(data / name) for name in PTX_DATA[cfg.ptx_data])}))
+        ppo_ptx = train_ppo(derive(ppo_base, out=str(out / "ppo_ptx"), ppo={"ptx_coef": cfg.ptx_coef, "ptx_ratio": cfg.ptx_ratio},
+                                   ptx_file=",".join(str(data / name) for name in PTX_DATA[cfg.ptx_data])))
     with stage(f"8/10 evaluation on held-out prompts at T = {cfg.eval_temperature:g} (win rate vs SFT, gold, KL, alignment tax)", timings):
         models = {"base": base["model"], "sft": tuned["model"], "ppo": ppo["model"], "ppo_ptx": ppo_ptx["model"]}
         ev = evaluate_models(EvalConfig(
@@ -104,8 +104,7 @@ def main(argv: list[str]) -> int:
                 out=str(out / "overopt"), sft=tuned["model"], reward_model=reward["model"], data=str(data), task=cfg.task,
                 kl_coefs=list(cfg.overopt_kl_coefs), iterations=cfg.overopt_iterations, eval_every=cfg.overopt_eval_every,
                 bon_n=list(cfg.bon_n), ppo_config=cfg.ppo_config, temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eval_prompts=min(cfg.eval_prompts, 128),
-                ppo_overrides=list(cfg.ppo_overrides)))
+                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eval_prompts=min(cfg.eval_prompts, 128)), ppo_base)
 
     m = ev["models"]
     headline = {

@@ -1,0 +1,50 @@
+"""From one scored rollout batch to the learner's targets, as the algorithm section of the config
+says: the one entry point the PPO driver calls (step 4 of each iteration).
+
+    targets = compute_targets(cfg.ppo, batch, mask, beta, group_size, score_stats)
+
+It decides, in one place, the three choices of `PPOConfig.ppo`:
+- score normalisation (`score_norm=running`: running mean/std over every batch so far, then clip;
+  Secrets of RLHF I, PPO-max);
+- where the KL to the reference enters (`kl_penalty=reward`: -beta * kl_t in the token rewards,
+  InstructGPT; `loss`: the advantages ignore it and the learner adds beta * k3 to the loss, GRPO);
+- the estimator (`advantage=gae`: KL-shaped rewards -> GAE -> whitening, with the critic's values;
+  otherwise a critic-free estimator whose baseline is the prompt's other responses or the batch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_dist.algo.advantages import PPOTargets, RunningMoments, ppo_targets
+from rlhf_dist.algo.estimators import CriticFreeTargets, critic_free_targets
+
+# The padded (B,) and (B, T) columns `compute_targets` reads; `values` only with a critic.
+INPUT_COLUMNS = ("score", "finished_with_eos", "old_logprobs", "ref_logprobs")
+
+
+def compute_targets(algo, batch: dict[str, torch.Tensor], mask: torch.Tensor, beta: float, group_size: int,
+                    score_stats: RunningMoments) -> PPOTargets | CriticFreeTargets:
+    """The batch's advantages (and, with GAE, returns) under the settings of `algo`.
+
+    algo: the algorithm section (`PPOConfig.ppo`): advantage, kl_penalty, kl_estimator, gamma, lam,
+        score_norm, score_clip, missing_eos_penalty, whiten_rewards, whiten_advantages.
+    batch: score (B,), finished_with_eos (B,), old_logprobs (B, T), ref_logprobs (B, T), and with
+        advantage=gae values (B, T); mask: (B, T), True on response tokens.
+    beta: the KL coefficient of this iteration (the KL controller's); group_size: responses per
+        prompt (consecutive rows), read by the group estimators.
+    score_stats: the running score statistics, updated here when score_norm=running.
+    """
+    score = batch["score"]
+    if algo.score_norm == "running":
+        score_stats.update(score)
+        score = score_stats.normalize(score, algo.score_clip)
+    reward_beta = beta if algo.kl_penalty == "reward" else 0.0  # kl_penalty=loss: the learner adds the KL term
+    common = dict(score=score, ref_logprobs=batch["ref_logprobs"], mask=mask, has_eos=batch["finished_with_eos"],
+                  beta=reward_beta, kl_estimator=algo.kl_estimator, gamma=algo.gamma,
+                  missing_eos_penalty=algo.missing_eos_penalty)
+    if algo.advantage == "gae":
+        return ppo_targets(old_logprobs=batch["old_logprobs"], values=batch["values"], lam=algo.lam,
+                           whiten_rewards=algo.whiten_rewards, whiten_advantages=algo.whiten_advantages, **common)
+    return critic_free_targets(logprobs=batch["old_logprobs"], estimator=algo.advantage, group_size=group_size,
+                               kl_in_reward=algo.kl_penalty == "reward", **common)
