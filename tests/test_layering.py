@@ -139,3 +139,55 @@ def loaded_heavy_modules(module: str) -> set[str]:
 def test_module_imports_only_its_libraries(module):
     extra = loaded_heavy_modules(module) - ALLOWED[module]
     assert not extra, f"importing {module} pulled in {sorted(extra)}"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (at any depth, function-level imports included)."""
+    modules = {module_name(p): p for p in package_modules()}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for _, imported in imported_modules(path.read_text(), name, path.name == "__init__.py"):
+            parts = imported.split(".")
+            while parts and ".".join(parts) not in modules:  # `from pkg.mod import name` -> pkg.mod
+                parts.pop()
+            if parts and ".".join(parts) != name:
+                deps.add(".".join(parts))
+        graph[name] = deps
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return path[path.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        state[v] = 2
+        path.pop()
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_no_import_cycles_between_modules():
+    """Two modules that import each other (even inside functions) are one thing split in two, or a
+    helper in the wrong place (the models pipeline of PPO lives apart from the stages it calls)."""
+    cycle = import_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_planted_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycle(graph) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b"}, "b": set()}) is None

@@ -10,7 +10,11 @@ critic-free estimator (GRPO, RLOO, REINFORCE++: `ppo.advantage`).
 With `sft=` and `reward_model=` empty, the models come from the folder `models=` (built there
 first with pretrain -> SFT -> RM on the task's data when missing). `train_ppo` is the driver: each
 iteration is the numbered steps below, every arrow a call on a group of Ray actors
-(rlhf_dist/actors/ppo_actors.py) or a pure function (rlhf_dist/algo).
+(rlhf_dist/actors/ppo_actors.py) or a pure function (rlhf_dist/algo). Where to look:
+- which reward, whether an RM is loaded, where the critic starts: PPOConfig's properties
+  (rlhf_dist/config/ppo.py), read by the actors;
+- when the next batch is sampled: `PPOActors.next_batch` and `push_weights`;
+- what a checkpoint holds: rlhf_dist/recipes/ppo_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
             bar.update(1)
             if cfg.eval_prompts and cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
                 evals[f"iter{it + 1}"] = evaluate(actors, task, cfg, out, log, it + 1, f"iter{it + 1}")
-            if cfg.save_every and (it + 1) % cfg.save_every == 0:
+            if cfg.save_every and (it + 1) % cfg.save_every == 0:  # policy, critic, optimizers, driver state
                 checkpoint.save(out, it + 1, actors.learner, kl_ctl, score_stats, ptx, evals, cfg.keep_checkpoints)
         bar.close()
         if cfg.eval_prompts:
