@@ -43,7 +43,7 @@ def compute_targets(algo, batch: dict[str, torch.Tensor], mask: torch.Tensor, be
     common = dict(score=score, ref_logprobs=batch["ref_logprobs"], mask=mask, has_eos=batch["finished_with_eos"],
                   beta=reward_beta, kl_estimator=algo.kl_estimator, gamma=algo.gamma,
                   missing_eos_penalty=algo.missing_eos_penalty)
-    if algo.advantage == "gae":
+    if algo.has_critic:  # advantage=gae
         return ppo_targets(old_logprobs=batch["old_logprobs"], values=batch["values"], lam=algo.lam,
                            whiten_rewards=algo.whiten_rewards, whiten_advantages=algo.whiten_advantages, **common)
     return critic_free_targets(logprobs=batch["old_logprobs"], estimator=algo.advantage, group_size=group_size,

@@ -94,6 +94,11 @@ class PPOAlgoConfig:
     ptx_ratio: float = param(8.0, "pretraining sequences per RL episode in each minibatch (InstructGPT 8)", gt=0)
     ptx_max_len: int = param(96, "token budget of a pretraining sequence", ge=2)
 
+    @property
+    def has_critic(self) -> bool:
+        """GAE trains a critic; the critic-free estimators build no critic engine."""
+        return self.advantage == "gae"
+
 
 @dataclass
 class PPOConfig:
@@ -176,8 +181,8 @@ class PPOConfig:
 
     @property
     def has_critic(self) -> bool:
-        """GAE trains a critic; the critic-free estimators build no critic engine."""
-        return self.ppo.advantage == "gae"
+        """GAE trains a critic (`ppo.has_critic`)."""
+        return self.ppo.has_critic
 
     @property
     def critic_start(self) -> str:

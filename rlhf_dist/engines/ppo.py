@@ -62,7 +62,7 @@ class PPOLossConfig:
         names = [f.name for f in fields(cls) if f.name not in derived]
         budget = learner.forward_max_tokens if learner is not None and learner.zero_stage != 3 else 0
         return cls(temperature=temperature, ptx_coef=algo.ptx_coef if ptx else 0.0,
-                   kl_loss_coef=algo.kl_coef if algo.kl_penalty == "loss" else 0.0, critic=algo.advantage == "gae",
+                   kl_loss_coef=algo.kl_coef if algo.kl_penalty == "loss" else 0.0, critic=algo.has_critic,
                    forward_max_tokens=budget, **{n: getattr(algo, n) for n in names})
 
 
