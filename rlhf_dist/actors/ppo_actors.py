@@ -96,8 +96,8 @@ class PPOActors:
     def __init__(self, cfg: PPOConfig) -> None:
         """Start every role. The run's models are checked and its data read (`check_models`,
         `load_ppo_data`) in a thread from the start, while Ray and then the rollout engines start
-        (the longest start of all, docs/stack.md), and the other roles, which need the tokenizer,
-        start once it is read. Errors keep their order: the reward function, the SFT folder, Ray
+        (the longest start of all: docs/results.md, "Start-up"), and the other roles, which need
+        the tokenizer, start once it is read. Errors keep their order: the reward function, the SFT folder, Ray
         and the resources are reported before the data; if the data fails, the started actors are
         stopped."""
         self.cfg = cfg
