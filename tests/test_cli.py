@@ -45,7 +45,7 @@ def test_an_out_folder_under_a_file_is_one_line(tmp_path):
     res = run("task-data", "--out", str(blocker / "data"), "n_pretrain=10")
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert lines == [f"rlhf-dist task-data: error: {blocker}: is a file, not a folder "
+    assert lines == [f"rlhf-dist task-data: error: out={blocker / 'data'}: {blocker} is a file, not a folder "
                      "(--debug or RLHF_DIST_DEBUG=1 shows the traceback)"], res.stderr
     assert blocker.read_text() == "x"
 

@@ -89,13 +89,25 @@ OUT_COMMANDS = [("ppo", []), ("sft", []), ("rm", []), ("pretrain", []), ("dpo", 
 
 @pytest.mark.parametrize("command, extra", OUT_COMMANDS, ids=[c for c, _ in OUT_COMMANDS])
 @pytest.mark.parametrize("under_a_file", [True, False], ids=["FILE/run", "FILE"])
-def test_an_unusable_out_is_refused_before_anything_starts(command, extra, under_a_file, tmp_path):
+def test_an_unusable_out_is_refused_before_anything_starts(command, extra, under_a_file, tmp_path, capsys):
     """out=FILE/run and out=FILE: one line naming out and the file at fault, exit status 2, and
-    nothing else on stderr (no Ray start-up, no actor), nothing written."""
+    nothing else on stderr (no Ray start-up, no actor), nothing written. In-process through the
+    command's `main` (the console script adds only the exit: the test above runs it)."""
+    from rlhf_dist.cli import main
+
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")
     out = blocker / "run" if under_a_file else blocker
-    res = subprocess.run([str(EXE), command, "--out", str(out), *extra], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2, res.stderr
-    assert res.stderr.splitlines() == [f"rlhf-dist {command}: error: out={out}: {blocker} is a file, not a folder{SUFFIX}"]
+    assert main([command, "--out", str(out), *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlhf-dist {command}: error: out={out}: {blocker} is a file, not a folder{SUFFIX}"]
     assert blocker.read_text() == "not a folder\n" and [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
+def test_an_out_under_a_file_through_the_console_script(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = subprocess.run([str(EXE), "ppo", "--config", "configs/tiny.yaml", f"out={blocker}/run"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"rlhf-dist ppo: error: out={blocker}/run: {blocker} is a file, not a folder{SUFFIX}"]
