@@ -73,7 +73,19 @@ CASES = [
 
 
 @pytest.mark.parametrize("command, override, message", CASES, ids=[f"{c}:{o}" for c, o, _ in CASES])
-def test_a_bad_value_is_one_exact_line_and_writes_nothing(command, override, message, tmp_path):
+def test_a_bad_value_is_one_exact_line_and_writes_nothing(command, override, message, tmp_path, capsys):
+    """In-process through the command's `main`, as the console script calls it (the two tests at
+    the end run the script itself: its exit status and stderr are main's)."""
+    from rlhf_dist.cli import main
+
+    out = tmp_path / "out"
+    assert main([command, "--out", str(out), override]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"rlhf-dist {command}: error: {message}{SUFFIX}"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, override, message", CASES[:1] + CASES[-1:], ids=["ppo", "quickstart"])
+def test_a_bad_value_through_the_console_script(command, override, message, tmp_path):
     out = tmp_path / "out"
     res = subprocess.run([str(EXE), command, "--out", str(out), override], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
