@@ -22,6 +22,7 @@ pytest.importorskip("vllm")
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("rlhf-dist")
 ITERATIONS, PROMPTS = 6, 16
+pytestmark = pytest.mark.slow  # end-to-end PPO runs with an actor killed: skipped by `make test-fast`
 
 
 def _actor_pids(sid: int, name: str) -> list[int]:

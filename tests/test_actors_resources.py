@@ -46,6 +46,7 @@ def test_a_role_with_no_actors_asks_for_nothing():
     ("learner.gpus_per_rank=1", ["1 GPUs in all", "learner rank", "0 GPUs"]),
     ("rollout.cpus_per_worker=64", ["CPUs in all", "1 rollout worker x 64 CPU"]),
 ])
+@pytest.mark.slow
 def test_ppo_refuses_an_impossible_request_within_seconds_and_writes_nothing(override, words, ppo_models, tmp_path):
     sft, rm, data = ppo_models
     out = tmp_path / "run"
@@ -61,6 +62,7 @@ def test_ppo_refuses_an_impossible_request_within_seconds_and_writes_nothing(ove
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_data_found_while_the_engines_start_stops_them_and_writes_nothing(ppo_models, tmp_path):
     """The driver reads the data while the rollout engines start: a bad prompts file still ends the
     run with one line naming the file and line, exit 2, and the started actors stopped."""
@@ -90,6 +92,7 @@ def _cmdline(proc_dir: Path) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_ppo_run_promptly(ppo_models, tmp_path):
     """A scheduler's SIGTERM mid-run: the driver stops its actors, shuts down its local Ray and exits
     130 with one line, within seconds."""

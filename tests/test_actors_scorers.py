@@ -124,6 +124,7 @@ def test_colocated_scores_and_logprobs_equal_an_independent_forward(ray_local, p
                 reference.shutdown()
 
 
+@pytest.mark.slow
 def test_a_lost_colocated_actor_is_replaced_once_and_serves_both_roles(ray_local, ppo_models, rows):
     import ray
 
@@ -160,6 +161,7 @@ def _ppo_run(ppo_models, out, *extra):
     return proc.stdout, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_ppo_run_gives_the_same_figures_colocated(ppo_models, tmp_path):
     _, apart = _ppo_run(ppo_models, tmp_path / "apart")
     stdout, colocated = _ppo_run(ppo_models, tmp_path / "colocated", "reference.colocate_with_reward=true")

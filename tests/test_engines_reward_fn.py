@@ -281,6 +281,7 @@ def fn_module(tmp_path_factory):
     return path, folder / "calls.jsonl"
 
 
+@pytest.mark.slow
 def test_ppo_with_a_reward_function_scores_in_the_reward_actor(ppo_models, fn_module, tmp_path):
     from rlhf_dist.buffer import read_trajectories
     from rlhf_dist.data import load_prompts, prompt_text
@@ -304,6 +305,7 @@ def test_ppo_with_a_reward_function_scores_in_the_reward_actor(ppo_models, fn_mo
     assert [p for c in calls for p in c["prompts"]] == [prompt_text(prompts[i]) for i in table.column("prompt_id").to_pylist()]
 
 
+@pytest.mark.slow
 def test_ppo_with_a_bad_reward_function_stops_in_one_line(ppo_models, fn_module, tmp_path):
     from rlhf_dist.data import load_prompts
 

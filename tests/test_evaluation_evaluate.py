@@ -56,6 +56,7 @@ def rows_of(ev, name):
     return rows
 
 
+@pytest.mark.slow
 def test_eval_json_shape(evaluated):
     report = evaluated["report"]
     assert list(report["models"]) == ["sft", "noisy"] and report["baseline"] == "sft" and report["prompts"] == PROMPTS
@@ -77,6 +78,7 @@ def test_eval_json_shape(evaluated):
     assert len(evaluated["rows"]) == 2 * PROMPTS
 
 
+@pytest.mark.slow
 def test_gold_and_response_len_match_the_recorded_samples(evaluated):
     from rlhf_dist.data import load_prompts
     from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
@@ -101,6 +103,7 @@ def _hf_response_logprob_sum(model, prompt_ids, response_ids, temperature):
     return logp.gather(1, torch.tensor(response_ids).unsqueeze(1)).sum().item()
 
 
+@pytest.mark.slow
 def test_kl_equals_an_independent_hf_computation(evaluated):
     from transformers import AutoModelForCausalLM
 
@@ -120,6 +123,7 @@ def test_kl_equals_an_independent_hf_computation(evaluated):
     assert models["noisy"]["kl_to_sft"] > 0.1
 
 
+@pytest.mark.slow
 def test_pretrain_nll_equals_a_per_sequence_cross_entropy_loop(evaluated):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,6 +144,7 @@ def test_pretrain_nll_equals_a_per_sequence_cross_entropy_loop(evaluated):
         assert evaluated["report"]["models"][name]["pretrain_nll"] == pytest.approx(total / tokens, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_win_rate_and_its_interval_from_the_recorded_outcomes(evaluated):
     models = evaluated["report"]["models"]
     base_rows, rows = rows_of(evaluated, "sft"), rows_of(evaluated, "noisy")
@@ -174,6 +179,7 @@ def test_mean_ci95_against_the_textbook_formula():
     assert mean_ci95([1.0]) == (1.0, 0.0, 1.0)  # one outcome: no information on the spread
 
 
+@pytest.mark.slow
 def test_proxy_scores_equal_the_rm_on_each_unpadded_sample(evaluated):
     reward = hf_reward_fn(evaluated["rm"])
     for name, m in evaluated["report"]["models"].items():
@@ -183,6 +189,7 @@ def test_proxy_scores_equal_the_rm_on_each_unpadded_sample(evaluated):
         assert m["proxy_score"] == pytest.approx(sum(r["proxy"] for r in rows) / PROMPTS, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_rm_accuracy_and_labeler_agreement_by_brute_force_over_pairs(evaluated):
     from transformers import AutoTokenizer
 
@@ -245,6 +252,7 @@ def test_accuracy_by_part_on_a_hand_worked_example():
     assert all(v["accuracy"] == 1.0 and v["only_accuracy"] == 1.0 for v in exact.values())
 
 
+@pytest.mark.slow
 def test_gold_parts_per_model_and_rm_accuracy_by_part_by_brute_force(evaluated):
     from transformers import AutoTokenizer
 

@@ -171,6 +171,7 @@ def _submit(args: list[str], env: dict, timeout: int) -> subprocess.CompletedPro
 
 @needs_ray_cli
 @pytest.mark.parametrize("workers,ranks", [(2, 2), (1, 2), (2, 1)], ids=["2workers-2ranks", "1worker-2ranks", "2workers-1rank"])
+@pytest.mark.slow
 def test_submit_tiny_ppo(ray_cluster, ppo_models, tmp_path, workers, ranks):
     import pyarrow.compute as pc
 

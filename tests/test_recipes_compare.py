@@ -219,6 +219,7 @@ def test_unknown_method_key_and_missing_run_folders_are_one_line(ppo_models, tmp
 # ---------------------------------------------------------------- a tiny real run
 
 
+@pytest.mark.slow
 def test_tiny_comparison_runs_end_to_end(ppo_models, tmp_path):
     pytest.importorskip("vllm")
     sft, rm, data = ppo_models

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow  # an end-to-end `rlhf-dist label` run: skipped by `make test-fast`
 
 
 def test_label_writes_ranked_policy_samples(ppo_models, tmp_path):

@@ -55,6 +55,7 @@ def _train_records(records):
     return [r for r in records if "objective/score" in r]
 
 
+@pytest.mark.slow
 def test_run_completes_and_writes_models(run):
     out, summary, records = run
     assert summary["iterations"] == ITERATIONS
@@ -65,6 +66,7 @@ def test_run_completes_and_writes_models(run):
     assert all(0.0 <= summary["eval"][k]["gold"] <= 1.0 for k in ("sft", "ppo"))
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_policy_critic_and_driver_state(run):
     out = run[0]
     folder = out / "checkpoints" / f"iter_{ITERATIONS:06d}"
@@ -77,12 +79,14 @@ def test_checkpoint_holds_policy_critic_and_driver_state(run):
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_first_iteration_policy_equals_reference(run):
     first = _train_records(run[2])[0]
     assert abs(first["objective/kl"]) < 1e-6
     assert abs(run[1]["eval"]["sft"]["kl"]) < 1e-3  # vLLM (policy) vs reference actor, same weights
 
 
+@pytest.mark.slow
 def test_first_minibatch_is_on_policy_every_iteration(run):
     for r in _train_records(run[2]):
         assert r["policy/first_minibatch_ratio_dev_max"] < 1e-5, r
@@ -91,6 +95,7 @@ def test_first_minibatch_is_on_policy_every_iteration(run):
         assert r["rollout/logprob_gap_max"] < 1e-3  # vLLM processed log-probs vs the learner's, fp32
 
 
+@pytest.mark.slow
 def test_the_policy_moves(run):
     """Later iterations are off the reference: positive KL, and some ratio away from 1 after the
     first minibatch (lr 1e-3 on a random model: large steps)."""
@@ -99,6 +104,7 @@ def test_the_policy_moves(run):
     assert max(r["policy/ratio_max"] for r in recs) > 1.0 + 1e-4
 
 
+@pytest.mark.slow
 def test_trajectories_read_back_one_row_per_response(run):
     import pyarrow.compute as pc
 
@@ -122,6 +128,7 @@ def test_trajectories_read_back_one_row_per_response(run):
     assert first.num_rows == PROMPTS
 
 
+@pytest.mark.slow
 def test_reward_source_gold_trains_on_the_gold_scorer(ppo_models, tmp_path):
     """reward_source=gold: every trajectory's score is the task's gold score of its decoded
     response (recomputed here from the stored token ids), not the reward model's."""
@@ -249,6 +256,7 @@ VARIANTS = {  # name -> overrides; 4 prompts x 4 samples, one minibatch of 16 in
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.slow
 def test_estimators_and_overlap_through_the_command(variant, ppo_models, tmp_path):
     """`rlhf-dist ppo` with each critic-free estimator builds no critic engine (start-up line, no
     critic folder) and writes advantages that a separate group computation gives from the stored

@@ -22,6 +22,7 @@ pytest.importorskip("vllm")
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("rlhf-dist")
 ITERATIONS = 5
+pytestmark = pytest.mark.slow  # end-to-end PPO runs, killed and resumed: skipped by `make test-fast`
 
 
 def _command(ppo_models, out, *extra):

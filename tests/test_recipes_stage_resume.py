@@ -19,6 +19,7 @@ pytest.importorskip("deepspeed")
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("rlhf-dist")
+pytestmark = pytest.mark.slow  # end-to-end pretrain runs, killed and resumed: skipped by `make test-fast`
 
 
 def _command(tiny_model_dir, data, out, *extra):

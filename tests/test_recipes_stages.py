@@ -41,6 +41,7 @@ def pipeline(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_run_folders_have_config_metrics_tensorboard_and_hf_model(pipeline):
     for stage in ("base", "sft", "rm"):
         d = pipeline / stage
@@ -51,6 +52,7 @@ def test_run_folders_have_config_metrics_tensorboard_and_hf_model(pipeline):
         assert (d / "model" / "config.json").is_file() and (d / "model" / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_heldout_loss_and_writes_checkpoints(pipeline):
     folder = pipeline / "base" / "checkpoints" / "step_000040"
     assert (folder / "latest").read_text().strip() == "state" and any((folder / "state").iterdir())
@@ -59,6 +61,7 @@ def test_pretraining_lowers_heldout_loss_and_writes_checkpoints(pipeline):
     assert evals[-1] < evals[0] - 1.0, evals  # random init starts near log(vocab) ~ 5.9 nats
 
 
+@pytest.mark.slow
 def test_sft_on_zero3_learners_reports_gold_and_saves_a_vllm_loadable_model(pipeline):
     from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
 
@@ -77,6 +80,7 @@ def test_sft_on_zero3_learners_reports_gold_and_saves_a_vllm_loadable_model(pipe
     assert evals[-1] < evals[0], evals
 
 
+@pytest.mark.slow
 def test_reward_model_summary_normalisation_and_padding_invariance(pipeline):
     from rlhf_dist.models import load_scalar_model, load_tokenizer, position_ids_from_mask
     from rlhf_dist.tasks.base import DEFAULT_TASK, load_task
@@ -138,6 +142,7 @@ print("PROB", out[0].outputs.probs[0])
 """
 
 
+@pytest.mark.slow
 def test_reward_model_folder_loads_in_vllm_with_the_same_score(pipeline):
     """vLLM serves the RM folder as a sequence classifier: its output is sigmoid(raw head value at
     the last token), and ours is that raw value minus the normalising bias."""
