@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-LAYERS = ["config", "runtime", "tasks", "algo", "models", "data", "buffer", "engines", "actors", "evaluation", "recipes", "cli"]
+LAYERS = ["config", "runtime", "tasks", "envs", "algo", "models", "data", "buffer", "engines", "actors", "evaluation", "recipes", "cli"]
 __doc__ += "\n    " + " < ".join(LAYERS) + "\n"
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf_dist"

@@ -24,6 +24,8 @@ from rlhf_dist.data.collate import (
 from rlhf_dist.data.encode import (
     TRUNCATION_MODES,
     TokenizedComparison,
+    encode_observation,
+    encode_policy_turn,
     encode_response,
     encode_responses,
     format_prompt,
@@ -62,6 +64,8 @@ __all__ = [
     "collate_lm",
     "pack_lm",
     "collate_sft",
+    "encode_observation",
+    "encode_policy_turn",
     "encode_response",
     "encode_responses",
     "epoch_permutation",

@@ -109,6 +109,36 @@ def encode_response(tokenizer, response: str) -> list[int]:
     return encode_responses(tokenizer, [response])[0]
 
 
+def encode_observation(tokenizer, text: str) -> list[int]:
+    """Token ids of an environment's observation in a multi-turn episode: what follows the
+    policy's turn in context, never a training target. Without a chat template: `text` tokenized
+    on its own, no special tokens (a byte-level BPE with a prefix space reads it as if after a
+    space). With one: the tokens the template adds for a user message holding `text` and the
+    next assistant header, i.e. render([u, a, user(text)], generation prompt) minus render([u, a])
+    (the template's own way of opening a turn; cf. verl's multi-turn tokenization). SFT on
+    multi-turn demonstrations tokenizes its environment turns with this same function, so the
+    policy trains on the layout the rollout workers build."""
+    if not has_chat_template(tokenizer):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    base = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    before = tokenizer.apply_chat_template(base, tokenize=True)
+    after = tokenizer.apply_chat_template(base + [{"role": "user", "content": text}], add_generation_prompt=True,
+                                          tokenize=True)
+    if hasattr(before, "input_ids"):  # some tokenizers return a BatchEncoding
+        before, after = before["input_ids"], after["input_ids"]
+    if list(after[: len(before)]) != list(before):
+        raise ValueError("the chat template renders earlier turns differently once a turn follows: "
+                         "observations cannot be appended token-exactly")
+    return list(after[len(before):])
+
+
+def encode_policy_turn(tokenizer, text: str, last: bool) -> list[int]:
+    """Token ids of a policy turn of a multi-turn demonstration: `text` on its own, no special
+    tokens, EOS appended to the last turn (as to every single-turn target)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids + [_eos_id(tokenizer)] if last else ids
+
+
 # ---------------------------------------------------------------------------------------------
 # Length budgets
 
