@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from rlhf_dist.buffer import (
+    EPISODE_COLUMNS,
     LEARNER_COLUMNS,
     PER_TOKEN_COLUMNS,
     ROLLOUT_COLUMNS,
@@ -30,6 +31,11 @@ EXPECTED_TYPES = {  # written out from the PPO issue, not read from the module
     "response_ids": pa.list_(I32),
     "rollout_logprobs": pa.list_(F32),
     "finished_with_eos": pa.bool_(),
+    "policy_mask": pa.list_(pa.bool_()),  # multi-turn episodes (the multi-turn issue)
+    "env_rewards": pa.list_(F32),
+    "turns": I32,
+    "end_reason": pa.string(),
+    "env_error": pa.string(),
     "score": F32,
     "ref_logprobs": pa.list_(F32),
     "old_logprobs": pa.list_(F32),
@@ -63,10 +69,11 @@ def test_schema_types_and_groups():
     assert ROLLOUT_COLUMNS == tuple(list(EXPECTED_TYPES)[:8])
     assert SCORER_COLUMNS == ("score", "ref_logprobs")
     assert set(LEARNER_COLUMNS) == {"old_logprobs", "values", "advantages", "returns", "kl", "is_weights"}
-    assert set(PER_TOKEN_COLUMNS) == {n for n, t in EXPECTED_TYPES.items() if t == pa.list_(F32)}
+    assert EPISODE_COLUMNS == ("policy_mask", "env_rewards", "turns", "end_reason", "env_error")
+    assert set(PER_TOKEN_COLUMNS) == {n for n, t in EXPECTED_TYPES.items() if t == pa.list_(F32)} | {"policy_mask"}
     for f in SCHEMA:
         assert f.metadata[b"doc"], f.name
-        assert f.metadata[b"stage"] in {b"rollout", b"scorer", b"learner", b"store"}
+        assert f.metadata[b"stage"] in {b"rollout", b"episode", b"scorer", b"learner", b"store"}
 
 
 def test_valid_batch_passes_and_table_of_chunks_passes():

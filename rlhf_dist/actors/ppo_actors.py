@@ -25,6 +25,7 @@ from rlhf_dist.buffer import add_columns
 from rlhf_dist.config.ppo import PPOConfig
 from rlhf_dist.data import PromptSampler, prompt_text
 from rlhf_dist.data.ppo_data import PPOData, load_ppo_data
+from rlhf_dist.engines.episodes import EnvSettings
 from rlhf_dist.engines.ppo import PPOLossConfig
 from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
 from rlhf_dist.models import check_model_dir, load_tokenizer
@@ -53,6 +54,38 @@ def scorer_roles(cfg: PPOConfig) -> list[Role]:
 
 class NonFiniteScoreError(ValueError):
     """A reward that is NaN or infinite; the message names the prompt and the sample."""
+
+
+class EnvFailuresError(ValueError):
+    """More of an iteration's episodes failed in the environment than `rollout.env_max_failed_share`;
+    the message names the environment, a prompt and its error."""
+
+
+def check_env_failures(table, prompts: list, env: str, max_share: float) -> None:
+    """Raise EnvFailuresError when the share of rows whose environment failed (end_reason one of
+    FAILURES) exceeds `max_share`, naming the first such row's prompt and error."""
+    from rlhf_dist.envs import FAILURES
+
+    reasons = table.column("end_reason").to_pylist()
+    failed = [i for i, r in enumerate(reasons) if r in FAILURES]
+    if len(failed) > max_share * len(reasons):
+        i = failed[0]
+        pid = table.column("prompt_id")[i].as_py()
+        raise EnvFailuresError(
+            f"env={env}: {len(failed)} of {len(reasons)} episodes failed (rollout.env_max_failed_share={max_share:g}); "
+            f"first: prompt {pid} ({prompt_text(prompts[pid])[:60]!r}): {reasons[i]}: {table.column('env_error')[i].as_py()}")
+
+
+def episode_scores(table, score):
+    """(B,) float32: the reward actors' `score` plus each episode's environment rewards; 0 for an
+    episode whose environment failed."""
+    import numpy as np
+
+    from rlhf_dist.envs import FAILURES
+
+    env_total = np.asarray([sum(r) for r in table.column("env_rewards").to_pylist()], dtype=np.float64)
+    failed = np.asarray([r in FAILURES for r in table.column("end_reason").to_pylist()], dtype=bool)
+    return np.where(failed, 0.0, np.asarray(score, dtype=np.float64) + env_total).astype(np.float32)
 
 
 def check_models(cfg: PPOConfig):
@@ -115,6 +148,11 @@ class PPOActors:
             fn_spec = absolute_spec(cfg.reward_fn) if cfg.reward_uses_fn else ""
             if fn_spec:
                 load_reward_fn(fn_spec)
+            self.env_spec = absolute_spec(cfg.env) if cfg.episodes else ""
+            if self.env_spec:  # a bad environment spec stops the run in one line, before any actor starts
+                from rlhf_dist.envs import load_env
+
+                load_env(self.env_spec)
             check_model_dir(cfg.sft, "sft")  # the rollout engines load it
             ensure_ray(cfg.ray_address)
             check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
@@ -123,10 +161,13 @@ class PPOActors:
             raise
         start = time.perf_counter()
         env = shared_cores_env(r.overlap)  # with overlap the roles run at the same time on the same cores
-        max_len = cfg.max_prompt_len + r.max_new_tokens + 8
+        max_len = cfg.max_prompt_len + (r.max_episode_tokens if cfg.episodes else r.max_new_tokens) + 8
+        episodes = (EnvSettings(self.env_spec, r.env_workers, r.env_timeout_s, r.max_turns, r.max_episode_tokens)
+                    if cfg.episodes else None)
         self.rollout = RolloutGroup(cfg.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
-                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env)  # engines start meanwhile
+                                    max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env,
+                                    episodes=episodes)  # engines start meanwhile
         try:
             self._start_others(cfg, data.result(), fn_spec, env, start)
         except BaseException:
@@ -145,7 +186,8 @@ class PPOActors:
         gold_task = cfg.task if cfg.reward_source == "gold" else ""
         reward_desc = " + ".join(  # for the start-up line
             (["reward model"] if rm_path else []) + ([f"reward function {cfg.reward_fn}"] if fn_spec else [])
-            + ([f"reward function gold scorer of {gold_task}"] if gold_task else []))
+            + ([f"reward function gold scorer of {gold_task}"] if gold_task else [])
+            + ([f"environment {cfg.env}"] if cfg.episodes else []))
         rw, ref = cfg.reward, cfg.reference
         reward_args = (rm_path, data.pad_id, rw.micro_batch_size, rw.dtype, fn_spec, gold_task, cfg.sft)
         reference_args = (cfg.sft, data.pad_id, r.temperature, ref.micro_batch_size, ref.dtype)
@@ -189,24 +231,34 @@ class PPOActors:
         sample_index = [s for _ in prompt_indices for s in range(n)]
         seed = random.Random(f"{self.cfg.seed}/sampling/{iteration}").getrandbits(30)
         r = self.cfg.rollout
+        texts = [prompt_text(self.data.prompts[i]) for i in index] if self.cfg.episodes else None
         return self.rollout.submit([self.data.prompt_ids[i] for i in index], index, sample_index, r.max_new_tokens,
-                                   r.temperature, seed)
+                                   r.temperature, seed, texts)
 
     def sample_held_out(self, prompt_ids: list, seed: int):
-        """One sample per held-out prompt from the current weights, at the training temperature."""
+        """One sample (with env=, one episode) per held-out prompt from the current weights, at the
+        training temperature."""
         n, r = len(prompt_ids), self.cfg.rollout
-        return self.rollout.generate(prompt_ids, list(range(n)), [0] * n, r.max_new_tokens, r.temperature, seed=seed)
+        texts = [prompt_text(p) for p in self.data.eval_prompts] if self.cfg.episodes else None
+        return self.rollout.generate(prompt_ids, list(range(n)), [0] * n, r.max_new_tokens, r.temperature, seed=seed,
+                                     prompts=texts)
 
     def score(self, table):
         """`table` with the columns `score` (reward_source's: the RM's, the reward function's, or
-        their sum) and `ref_logprobs`; the reward and reference actors run in parallel. A score
-        that is not finite stops the run, naming the prompt and the sample."""
+        their sum; with env=, plus the episode's environment rewards, 0 where the environment
+        failed) and `ref_logprobs`; the reward and reference actors run in parallel. A score
+        that is not finite stops the run, naming the prompt and the sample; so do environment
+        failures past `rollout.env_max_failed_share`."""
+        if self.cfg.episodes:
+            check_env_failures(table, self.data.prompts, self.cfg.env, self.cfg.rollout.env_max_failed_share)
         ref = self.reference.submit("logprobs", table)
         if not self.cfg.reward_reads_text:
             score = self.reward.submit("score", table).result()
         else:  # a function reads each prompt as written, not as its possibly truncated token ids
             texts = [prompt_text(self.data.prompts[i]) for i in table.column("prompt_id").to_pylist()]
             score = self.reward.submit("score", table, texts).result()
+        if self.cfg.episodes:
+            score = episode_scores(table, score)
         table = add_columns(table, score=score, ref_logprobs=ref.result())
         check_finite_scores(table, self.data.prompts, self.cfg.reward_source)
         return table

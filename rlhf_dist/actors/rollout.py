@@ -1,7 +1,9 @@
 """Rollout workers: N Ray actors, each holding one vLLM engine that samples responses.
 
 Each worker returns its samples as an Arrow RecordBatch (one row per response, with the weight
-version that sampled it); the group balances prompts across workers and concatenates the batches
+version that sampled it; with an environment, one row per multi-turn episode, run by
+`rlhf_dist.engines.episodes.run_episodes` against the worker's own pool of environment
+processes); the group balances prompts across workers and concatenates the batches
 in prompt order. Weights arrive through `WeightSyncActorMixin` (the learner's rank 0 pushes
 them). The number of workers is independent of the number of learner ranks.
 """
@@ -27,7 +29,8 @@ class RolloutWorker(WeightSyncActorMixin):
     """A thin shell around `VLLMRolloutEngine` (started with the weight-sync worker extension)."""
 
     def __init__(self, model_dir: str, worker_id: int, seed: int, max_model_len: int, dtype: str = "float32",
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85) -> None:
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, env=None) -> None:
+        """`env`: an `EnvSettings` (episodes against an environment) or None (one response per prompt)."""
         import torch
 
         from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
@@ -42,11 +45,24 @@ class RolloutWorker(WeightSyncActorMixin):
         self.engine = VLLMRolloutEngine(model_dir, seed=seed, max_model_len=max_model_len, dtype=dtype,
                                         tensor_parallel_size=tensor_parallel_size, **kwargs)
         self.engine.warm_up()  # while the other roles start, not in the first iteration
+        self.env, self.env_pool = env, None
+        if env is not None:
+            from rlhf_dist.envs import EnvPool
+
+            self.env_pool = EnvPool(env.spec, env.workers, env.timeout_s, timeout_setting="rollout.env_timeout_s")
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
-                 max_new_tokens: int, temperature: float, seed: int):
-        """Sample one response per prompt -> pa.RecordBatch with the rollout columns."""
-        rollouts = self.engine.generate(prompt_ids, max_new_tokens, temperature, seed=seed)
+                 max_new_tokens: int, temperature: float, seed: int, prompts: Sequence[str] | None = None):
+        """Sample one response per prompt -> pa.RecordBatch with the rollout columns; with an
+        environment, one episode per prompt (`prompts`: the texts the environment is reset with;
+        `max_new_tokens`: per turn) with the episode columns too."""
+        if self.env_pool is None:
+            rollouts = self.engine.generate(prompt_ids, max_new_tokens, temperature, seed=seed)
+        else:
+            from rlhf_dist.engines.episodes import EpisodeLimits, run_episodes
+
+            limits = EpisodeLimits(self.env.max_turns, self.env.max_episode_tokens, max_new_tokens)
+            rollouts = run_episodes(self.engine, prompt_ids, list(prompts), self.env_pool, limits, temperature, seed)
         return rollouts_to_batch(rollouts, list(prompt_index), self.engine.weight_version, self.worker_id, list(sample_index))
 
     def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
@@ -98,11 +114,13 @@ class RolloutGroup:
     def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
                  num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, max_restarts: int = 3, wait: bool = True,
-                 threads: int | None = None, env: dict[str, str] | None = None) -> None:
+                 threads: int | None = None, env: dict[str, str] | None = None, episodes=None) -> None:
+        """`env`: environment variables of the actors; `episodes`: an `EnvSettings` (each worker
+        runs multi-turn episodes against its own environment processes) or None."""
         actor = ray.remote(RolloutWorker).options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
                                                   runtime_env={"env_vars": {**rollout_env(threads), **(env or {})}})
         self._start = lambda w: actor.remote(model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size,
-                                             gpu_memory_utilization)
+                                             gpu_memory_utilization, episodes)
         self._asked = f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU"
         self.workers = [self._start(w) for w in range(num_workers)]
         self.restarts, self.load_weights = Restarts("rollout", max_restarts), None
@@ -140,20 +158,21 @@ class RolloutGroup:
         return dead
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
-                 max_new_tokens: int, temperature: float, seed: int):
+                 max_new_tokens: int, temperature: float, seed: int, prompts: Sequence[str] | None = None):
         """Row r is seeded with seed + r, whichever worker samples it (per-request seeds)."""
-        return self.submit(prompt_ids, prompt_index, sample_index, max_new_tokens, temperature, seed).result()
+        return self.submit(prompt_ids, prompt_index, sample_index, max_new_tokens, temperature, seed, prompts).result()
 
     def submit(self, prompt_ids: Sequence[Sequence[int]], prompt_index: Sequence[int], sample_index: Sequence[int],
-               max_new_tokens: int, temperature: float, seed: int) -> "PendingRollout":
+               max_new_tokens: int, temperature: float, seed: int,
+               prompts: Sequence[str] | None = None) -> "PendingRollout":
         """`generate` without waiting: the workers sample while the caller goes on. A weight push
         issued afterwards waits for the sampling (Ray runs an actor's calls in order), so the
-        samples carry the version they were started with."""
+        samples carry the version they were started with. `prompts`: the prompt texts (episodes)."""
         parts = []
         for w, (lo, hi) in enumerate(balanced_bounds(len(prompt_ids), len(self.workers))):
             if hi > lo:
                 args = (list(prompt_ids[lo:hi]), list(prompt_index[lo:hi]), list(sample_index[lo:hi]), max_new_tokens,
-                        temperature, seed + lo)
+                        temperature, seed + lo, None if prompts is None else list(prompts[lo:hi]))
                 parts.append((w, args, self.workers[w].generate.remote(*args)))
         return PendingRollout(self, parts)
 

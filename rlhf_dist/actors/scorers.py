@@ -43,6 +43,8 @@ class RewardActor:
             parts.append(self.engine.score(table))
         if self.function is not None:
             parts.append(self.function.score(table, prompts))
+        if not parts:  # reward_source=env: the environment's rewards are the whole reward
+            return np.zeros(table.num_rows, dtype=np.float32)
         return parts[0] if len(parts) == 1 else (parts[0] + parts[1]).astype(np.float32)
 
 

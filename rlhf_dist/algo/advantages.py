@@ -58,6 +58,7 @@ def ppo_targets(
     missing_eos_penalty: float | None = None,
     whiten_rewards: bool = False,
     whiten_advantages: bool = True,
+    step_rewards: torch.Tensor | None = None,
 ) -> PPOTargets:
     """score, has_eos: (B,); old_logprobs, ref_logprobs, values, mask: (B, T) -> PPOTargets.
 
@@ -68,10 +69,15 @@ def ppo_targets(
     3. optional reward whitening that keeps the mean (N+ detail 24; off by default);
     4. GAE with V = 0 after L (ppo-details 27); returns = A + V from the UNwhitened advantages;
     5. advantage whitening over all valid tokens of the batch (ppo-details 28).
+    `step_rewards` (B, T), optional: rewards within the response (an environment's per turn),
+    added to r_t where they stand; `score` is then what comes at the end, and the returned
+    `score` is the whole (score + the row's step rewards).
     """
     mask = mask.bool()
     kl, score = masked_kl_and_score(score, old_logprobs, ref_logprobs, mask, has_eos, kl_estimator, missing_eos_penalty)
-    rewards = token_level_rewards(score, kl, mask, beta)
+    rewards = token_level_rewards(score, kl, mask, beta, step_rewards=step_rewards)
+    if step_rewards is not None:
+        score = score + masked_sum(step_rewards.float(), mask, dim=1)
     if whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae_advantages(rewards, torch.where(mask, values.float(), 0.0), mask, gamma, lam)

@@ -163,6 +163,7 @@ def critic_free_targets(
     gamma: float = 1.0,
     missing_eos_penalty: float | None = None,
     eps: float = 1e-6,
+    step_rewards: torch.Tensor | None = None,
 ) -> CriticFreeTargets:
     """score, has_eos: (B,); logprobs, ref_logprobs, mask: (B, T) -> CriticFreeTargets.
 
@@ -174,13 +175,20 @@ def critic_free_targets(
        estimator "reinforce_pp": token rewards (-beta * kl_t when `kl_in_reward`, the score on
        the last valid token) -> `reinforce_pp_advantages`; `group_size` is not used.
     With kl_in_reward=False the advantages ignore the KL; add beta * `kl_penalty_loss` to the loss.
+    `step_rewards` (B, T), optional: rewards within the response (an environment's per turn);
+    reinforce_pp adds them where they stand, the group estimators compare the totals
+    score + sum(step_rewards) of the row, which the returned `score` holds.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown critic-free estimator {estimator!r}; expected one of {ESTIMATORS}")
     mask = mask.bool()
     kl, score = masked_kl_and_score(score, logprobs, ref_logprobs, mask, has_eos, kl_estimator, missing_eos_penalty)
+    final = score
+    if step_rewards is not None:
+        score = score + masked_sum(step_rewards.float(), mask, dim=1)
     if estimator == "reinforce_pp":
-        token_rewards = token_level_rewards(score, kl if kl_in_reward else torch.zeros_like(kl), mask, beta)
+        token_rewards = token_level_rewards(final, kl if kl_in_reward else torch.zeros_like(kl), mask, beta,
+                                            step_rewards=step_rewards)
         advantages = reinforce_pp_advantages(token_rewards, mask, gamma)
         no_signal_share = 0.0
     else:

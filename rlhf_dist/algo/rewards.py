@@ -41,6 +41,7 @@ def token_level_rewards(
     beta: float,
     has_eos: torch.Tensor | None = None,
     missing_eos_penalty: float | None = None,
+    step_rewards: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token RLHF rewards. score: (B,), kl: (B, T), mask: (B, T) -> (B, T) fp32.
 
@@ -50,9 +51,13 @@ def token_level_rewards(
     `has_eos` is False get score - penalty (TRL's `missing_eos_penalty`): the RM score of a
     truncated response is not trustworthy and the policy would otherwise learn to ramble.
     `kl` must come from the rollout (old) policy and the reference, without gradient.
+    `step_rewards` (B, T), optional: rewards given during the response (an environment's reward
+    for each turn, on that turn's last token), added where they stand.
     """
     mask = mask.bool()
     rewards = torch.where(mask, -beta * kl.float(), torch.zeros((), device=kl.device))
+    if step_rewards is not None:
+        rewards = rewards + torch.where(mask, step_rewards.float(), torch.zeros((), device=kl.device))
     score = score.float()
     if missing_eos_penalty is not None:
         if has_eos is None:

@@ -13,6 +13,7 @@ its column groups and the reasons for its types are in `rlhf_dist.buffer.schema`
 
 from rlhf_dist.buffer.build import add_columns, concat, rollouts_to_batch
 from rlhf_dist.buffer.schema import (
+    EPISODE_COLUMNS,
     LEARNER_COLUMNS,
     PER_TOKEN_COLUMNS,
     ROLLOUT_COLUMNS,
@@ -31,6 +32,7 @@ from rlhf_dist.buffer.store import TrajectoryWriter, read_trajectories, trajecto
 from rlhf_dist.buffer.tensors import TrajectoryTensors, per_token_column, to_padded
 
 __all__ = [
+    "EPISODE_COLUMNS",
     "LEARNER_COLUMNS",
     "PER_TOKEN_COLUMNS",
     "ROLLOUT_COLUMNS",

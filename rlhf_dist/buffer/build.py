@@ -12,6 +12,7 @@ import pyarrow as pa
 import torch
 
 from rlhf_dist.buffer.schema import (
+    EPISODE_COLUMNS,
     PER_TOKEN,
     PER_TOKEN_COLUMNS,
     ROLLOUT_COLUMNS,
@@ -38,7 +39,9 @@ def rollouts_to_batch(
     """B rollouts -> one RecordBatch with the rollout columns (B rows).
 
     rollouts: objects with `prompt_ids`, `response_ids`, `logprobs`, `finished_with_eos`
-        (`rlhf_dist.engines.vllm_rollout.Rollout`; duck-typed so the buffer never imports vLLM).
+        (`rlhf_dist.engines.vllm_rollout.Rollout`; duck-typed so the buffer never imports vLLM);
+        multi-turn episodes (`rlhf_dist.engines.episodes.Episode`) also have `policy_mask`,
+        `env_rewards`, `turns`, `end_reason` and `env_error`, which become the episode columns.
     prompt_id: (B,) integer id of each rollout's prompt (an id, not token ids).
     sample_index: (B,) which sample of its prompt each rollout is. Default: the occurrence count
         of the prompt id within this call (0, 1, ... in order), right when all n samples of a
@@ -63,8 +66,18 @@ def rollouts_to_batch(
         pa.array([r.logprobs for r in rollouts], type=PER_TOKEN),
         pa.array([bool(r.finished_with_eos) for r in rollouts], type=pa.bool_()),
     ]
-    batch = pa.RecordBatch.from_arrays(arrays, schema=schema_for(ROLLOUT_COLUMNS))
-    validate(batch, required=ROLLOUT_COLUMNS)
+    names = ROLLOUT_COLUMNS
+    if rollouts and getattr(rollouts[0], "policy_mask", None) is not None:
+        names = ROLLOUT_COLUMNS + EPISODE_COLUMNS
+        arrays += [
+            pa.array([r.policy_mask for r in rollouts], type=pa.list_(pa.bool_())),
+            pa.array([r.env_rewards for r in rollouts], type=PER_TOKEN),
+            pa.array(np.asarray([r.turns for r in rollouts], dtype=np.int32)),
+            pa.array([r.end_reason for r in rollouts], type=pa.string()),
+            pa.array([r.env_error for r in rollouts], type=pa.string()),
+        ]
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema_for(names))
+    validate(batch, required=names)
     return batch
 
 

@@ -4,12 +4,18 @@ Columns by stage (each stage appends its columns to the same table):
 
     rollout  (RolloutWorker)   prompt_id, sample_index, policy_version, worker_id,
                                prompt_ids, response_ids, rollout_logprobs, finished_with_eos
+    episode  (RolloutWorker,   policy_mask, env_rewards, turns, end_reason, env_error
+              with env=)
     scorer   (Reward/Reference) score, ref_logprobs
     learner  (optional)         old_logprobs, values, advantages, returns, kl
     store    (TrajectoryWriter) iteration
 
-Token columns are `list<int32>`, per-token values `list<float32>` with exactly one value per
-response token. Why `list` (int32 offsets) and not `large_list` (int64 offsets): the offsets
+Token columns are `list<int32>`, per-token values `list<float32>` (`policy_mask`: `list<bool>`)
+with exactly one value per response token. A multi-turn episode (an environment, `env=`) is one
+row: `response_ids` holds every turn after the prompt, the policy's sampled tokens and the
+environment's observation tokens in order, and `policy_mask` says which are the policy's; every
+loss, log-prob, KL, entropy, value and advantage counts those only (`TrajectoryTensors.loss_mask`),
+the observations are context. On observation tokens `rollout_logprobs` is 0. Why `list` (int32 offsets) and not `large_list` (int64 offsets): the offsets
 limit is 2^31 - 1 values per *array chunk*, and one chunk holds one worker's batch of one
 iteration (millions of tokens at most), so int32 offsets never overflow and cost half the
 memory; `list` is also what Parquet and pandas round-trips produce by default. A Table built
@@ -51,7 +57,18 @@ FIELDS = [
         "rollout_logprobs", PER_TOKEN, "rollout",
         "engine's log pi_T of each sampled response token (processed, after temperature)",
     ),
-    _field("finished_with_eos", pa.bool_(), "rollout", "True if the response ends with EOS (not cut at max length)"),
+    _field("finished_with_eos", pa.bool_(), "rollout", "True if the response ends with EOS (not cut at max length); "
+           "of an episode: True if the environment ended it (done), not a limit or a failure"),
+    # --- rollout worker, multi-turn episodes (env=)
+    _field("policy_mask", pa.list_(pa.bool_()), "episode",
+           "True on each response token the policy sampled, False on the environment's observation tokens"),
+    _field("env_rewards", PER_TOKEN, "episode",
+           "the environment's reward for each turn, on that turn's last policy token (0 elsewhere)"),
+    _field("turns", pa.int32(), "episode", "policy turns of the episode"),
+    _field("end_reason", pa.string(), "episode",
+           "why the episode ended: done | max_turns | max_episode_tokens | max_new_tokens | env_error | env_timeout "
+           "| env_bad_return | env_crash"),
+    _field("env_error", pa.string(), "episode", "one line: the environment's failure (empty if none)"),
     # --- scorers
     _field("score", pa.float32(), "scorer", "reward model score r(x, y) of the whole response"),
     _field("ref_logprobs", PER_TOKEN, "scorer", "reference (SFT) model log-prob of each response token"),
@@ -71,12 +88,14 @@ SCHEMA = pa.schema(FIELDS, metadata={"rlhf_dist.trajectory_schema": SCHEMA_VERSI
 """All known columns in canonical order; a table holds a subset (see `schema_for`)."""
 
 ROLLOUT_COLUMNS = tuple(f.name for f in FIELDS if f.metadata[b"stage"] == b"rollout")
+EPISODE_COLUMNS = tuple(f.name for f in FIELDS if f.metadata[b"stage"] == b"episode")
 SCORER_COLUMNS = tuple(f.name for f in FIELDS if f.metadata[b"stage"] == b"scorer")
 LEARNER_COLUMNS = tuple(f.name for f in FIELDS if f.metadata[b"stage"] == b"learner")
 STORE_COLUMNS = ("iteration",)
 TOKEN_COLUMNS = ("prompt_ids", "response_ids")
 PER_TOKEN_COLUMNS = tuple(f.name for f in FIELDS if f.metadata[b"per_token"] == b"true")
-SCALAR_COLUMNS = tuple(f.name for f in FIELDS if not pa.types.is_list(f.type))
+SCALAR_COLUMNS = tuple(f.name for f in FIELDS if not pa.types.is_list(f.type) and not pa.types.is_string(f.type))
+TEXT_COLUMNS = tuple(f.name for f in FIELDS if pa.types.is_string(f.type))
 
 
 class TrajectorySchemaError(ValueError):

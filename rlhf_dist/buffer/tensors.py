@@ -30,8 +30,10 @@ class TrajectoryTensors:
 
     input_ids, attention_mask, position_ids: (B, P + T) long; prompts left-padded to P, responses
     right-padded to T. response_mask: (B, T) bool, True on response tokens. prompt_len: P.
-    columns: per-token columns (B, T) float32, 0 at pads; scalar columns (B,) in their own dtype
-    (float32, int64, int32 or bool).
+    policy_mask: (B, T) bool, True on the tokens the policy sampled (rows of multi-turn episodes
+    also hold the environment's observation tokens), or None when every response token is the
+    policy's. columns: per-token columns (B, T) float32, 0 at pads; scalar columns (B,) in their
+    own dtype (float32, int64, int32 or bool).
     """
 
     input_ids: torch.Tensor
@@ -40,6 +42,13 @@ class TrajectoryTensors:
     response_mask: torch.Tensor
     prompt_len: int
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    policy_mask: torch.Tensor | None = None
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """(B, T) bool: the tokens every loss, log-prob, KL, entropy, value and advantage counts,
+        the policy's own; observation tokens of an episode are context only."""
+        return self.response_mask if self.policy_mask is None else self.response_mask & self.policy_mask
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -59,6 +68,7 @@ class TrajectoryTensors:
             self.response_mask.to(device),
             self.prompt_len,
             {k: v.to(device) for k, v in self.columns.items()},
+            None if self.policy_mask is None else self.policy_mask.to(device),
         )
 
     def padded_batch(self):
@@ -106,6 +116,11 @@ def to_padded(
     position_ids = np.cumsum(attention_mask, axis=1)
     position_ids -= 1
     np.maximum(position_ids, 0, out=position_ids)
+    policy_mask = None
+    if "policy_mask" in data.schema.names:
+        policy_mask = np.zeros((B, T), dtype=bool)
+        policy_mask[response_mask] = _lengths_and_values(data.column("policy_mask"))[1]
+        policy_mask = torch.from_numpy(policy_mask)
 
     return TrajectoryTensors(
         input_ids=torch.from_numpy(input_ids),
@@ -114,13 +129,14 @@ def to_padded(
         response_mask=torch.from_numpy(response_mask),
         prompt_len=P,
         columns=_other_columns(data, columns, response_mask),
+        policy_mask=policy_mask,
     )
 
 
 def _other_columns(data, names, response_mask: np.ndarray) -> dict[str, torch.Tensor]:
     """Per-token columns -> (B, T) float32 (0 at pads); scalar columns -> (B,)."""
-    if names is None:
-        names = [n for n in data.schema.names if n in PER_TOKEN_COLUMNS or n in SCALAR_COLUMNS]
+    if names is None:  # (policy_mask is TrajectoryTensors.policy_mask)
+        names = [n for n in data.schema.names if (n in PER_TOKEN_COLUMNS and n != "policy_mask") or n in SCALAR_COLUMNS]
     out = {}
     for name in names:
         if name not in data.schema.names:

@@ -21,6 +21,8 @@ class TaskDataConfig:
     n_pretrain: int = param(20_000, "base-model corpus: ~1M bytes, enough for a 1-5M model in minutes", ge=0)
     n_pretrain_heldout: int = param(1_000, "NLL on these measures the alignment tax", ge=0)
     n_sft: int = param(5_000, "demonstrations (InstructGPT: ~13k for 175B)", ge=0)
+    tool_share: float = param(0.0, "share of demonstrations that use the task's tool; needs a task with "
+                                   "`demonstrate_turns`", ge=0, le=1)
     n_rl_prompts: int = param(2_000, "PPO prompts", ge=0)
     n_eval_prompts: int = param(500, "held-out prompts for gold score and win rate", ge=0)
     n_comparisons: int = param(2_000, "ranked prompts; x C(k,2) = 12k pairs at k=4 (Gao et al.: ~2k minimum)", ge=0)

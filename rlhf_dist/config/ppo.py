@@ -35,6 +35,15 @@ class RolloutConfig:
                                   "sampled with older weights stops the run)", ge=0)
     overlap: bool = param(False, "sample the next batch while the learner trains on this one (rows one version "
                                  "old, corrected by ppo.is_cap): needs max_staleness >= 1")
+    # Multi-turn episodes (env=): the limits of one episode, and how failing environments are contained.
+    max_turns: int = param(4, "with env=: policy turns per episode (an episode still running after them ends: max_turns)", ge=1)
+    max_episode_tokens: int = param(128, "with env=: tokens after the prompt, the policy's and the observations "
+                                         "together (max_new_tokens bounds each turn)", ge=1)
+    env_timeout_s: float = param(30.0, "with env=: seconds an environment's reset or step may take; past it the "
+                                       "episode fails (env_timeout) and the environment process is replaced", gt=0)
+    env_max_failed_share: float = param(0.25, "with env=: the share of an iteration's episodes whose environment may "
+                                              "fail (raise, time out, return garbage, crash) before the run stops", ge=0, le=1)
+    env_workers: int = param(2, "with env=: environment processes per rollout worker (calls run in parallel)", ge=1)
 
     def __post_init__(self) -> None:
         if self.top_p != 1.0 or self.top_k not in (-1, 0):
@@ -112,9 +121,12 @@ class PPOConfig:
                               "demonstrations {prompt, response}; several files: comma-separated")
     sft: str = param("", "SFT model folder: the policy's start and the frozen reference")
     reward_model: str = param("", "reward model folder (frozen; with reward_source=fn or gold only the critic's start)")
-    reward_source: Literal["rm", "fn", "rm+fn", "gold"] = param(
+    reward_source: Literal["rm", "fn", "rm+fn", "gold", "env"] = param(
         "rm", "the reward: rm (the reward model) | fn (reward_fn) | rm+fn (their sum) | gold (the task's hidden gold "
-              "scorer as a reward function: what RL reaches with a perfect RM); fn and gold load no RM")
+              "scorer as a reward function: what RL reaches with a perfect RM) | env (the environment's rewards "
+              "only); fn, gold and env load no RM. With env=, the environment's rewards are added to any of them")
+    env: str = param("", "environment 'module:attr' or 'path/to/file.py:attr' (reset/step, docs/environments.md): "
+                         "each sample is a multi-turn episode; empty: one response per prompt")
     reward_fn: str = param("", "reward function 'module:attr' or 'path/to/file.py:attr', called in the reward actors "
                                "on a batch: (prompts: list[str], responses: list[str]) -> one float per row")
     critic: str = param("", "critic's start (default: the reward model, InstructGPT C.4)")
@@ -177,7 +189,7 @@ class PPOConfig:
     @property
     def reward_reads_text(self) -> bool:
         """The reward reads the prompt and response texts (a reward function, or the gold scorer)."""
-        return self.reward_source != "rm"
+        return self.reward_source in ("fn", "rm+fn", "gold")
 
     @property
     def has_critic(self) -> bool:
@@ -194,9 +206,16 @@ class PPOConfig:
         """A reward model folder is read: as the reward, or as the critic's start (GAE without critic=)."""
         return self.reward_uses_rm or (self.has_critic and not self.critic)
 
+    @property
+    def episodes(self) -> bool:
+        """Each sample is a multi-turn episode against the environment `env`."""
+        return bool(self.env.strip())
+
     def _check_reward(self) -> None:
         """The reward settings agree: a function where one is used, and only there. A missing RM
         folder is found or built in `models`, so `reward_model` may stay empty here."""
+        if self.reward_source == "env" and not self.episodes:
+            raise ValueError("reward_source=env needs env='module:attr' or 'path/to/file.py:attr' (an environment)")
         if self.reward_uses_fn and not self.reward_fn.strip():
             raise ValueError(f"reward_source={self.reward_source} needs reward_fn='module:attr' or 'path/to/file.py:attr'")
         if not self.reward_uses_fn and self.reward_fn:

@@ -18,16 +18,25 @@ from rlhf_dist.data.encode import TokenizedComparison
 from rlhf_dist.models.batching import PaddedBatch, pad_prompt_response, position_ids_from_mask
 
 
-def collate_sft(examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> PaddedBatch:
-    """(prompt_ids, response_ids) pairs -> PaddedBatch of shape (B, P + T).
+def collate_sft(examples: Sequence[Sequence[Sequence]], pad_id: int) -> PaddedBatch:
+    """(prompt_ids, response_ids) pairs, or (prompt_ids, response_ids, loss_mask) triples of
+    multi-turn episodes (`tokenize_sft`) -> PaddedBatch of shape (B, P + T).
 
-    The SFT loss is over `response_mask` (B, T): every response token, EOS included. With
-    `rlhf_dist.models.forward.response_logits(model, batch)` -> (B, T, V):
-    `lm_loss(logits, batch.response_ids, batch.response_mask)`.
+    The SFT loss is over `response_mask` (B, T): every response token, EOS included, except the
+    environment's tokens of an episode (loss_mask False): they are attended to (attention_mask,
+    position ids) but are no target. With `rlhf_dist.models.forward.response_logits(model, batch)`
+    -> (B, T, V): `lm_loss(logits, batch.response_ids, batch.response_mask)`. A batch of pairs
+    only gives the tensors of plain padding.
     """
     if not examples:
         raise ValueError("collate_sft: empty batch")
-    return pad_prompt_response([p for p, _ in examples], [r for _, r in examples], pad_id)
+    batch = pad_prompt_response([e[0] for e in examples], [e[1] for e in examples], pad_id)
+    for i, e in enumerate(examples):
+        if len(e) > 2:
+            if len(e[2]) != len(e[1]):
+                raise ValueError(f"collate_sft: item {i} has {len(e[1])} response tokens but a loss mask of {len(e[2])}")
+            batch.response_mask[i, : len(e[1])] &= torch.as_tensor(list(e[2]), dtype=torch.bool)
+    return batch
 
 
 def collate_lm(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -168,10 +177,11 @@ def token_count(batch: PaddedBatch | Mapping) -> int:
     raise TypeError("token_count: expected a PaddedBatch (SFT) or a collate_lm dict (with 'loss_mask')")
 
 
-def sft_token_count(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> int:
-    """Loss tokens of uncollated SFT pairs: sum of response lengths (EOS included). Every rank can
-    compute a minibatch's global count from its index list without communication."""
-    return sum(len(r) for _, r in examples)
+def sft_token_count(examples: Sequence[Sequence[Sequence]]) -> int:
+    """Loss tokens of uncollated SFT items: sum of response lengths (EOS included), counting only
+    the policy tokens (loss_mask) of a multi-turn triple. Every rank can compute a minibatch's
+    global count from its index list without communication."""
+    return sum(sum(map(bool, e[2])) if len(e) > 2 else len(e[1]) for e in examples)
 
 
 def lm_token_count(seqs: Sequence[Sequence[int]]) -> int:

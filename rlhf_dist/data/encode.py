@@ -139,6 +139,35 @@ def encode_policy_turn(tokenizer, text: str, last: bool) -> list[int]:
     return ids + [_eos_id(tokenizer)] if last else ids
 
 
+def encode_turns(tokenizer, turns: Sequence[str]) -> tuple[list[int], list[bool]]:
+    """Response ids of a multi-turn demonstration and its loss mask: the concatenation of its
+    segments, policy turns (even indices) by `encode_policy_turn` (EOS after the last one) and
+    environment turns by `encode_observation`, the layout the rollout workers build. The mask is
+    True on policy tokens (the targets) and False on environment tokens (context only)."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    for i, turn in enumerate(turns):
+        policy = i % 2 == 0
+        seg = encode_policy_turn(tokenizer, turn, i == len(turns) - 1) if policy else encode_observation(tokenizer, turn)
+        ids.extend(seg)
+        mask.extend([policy] * len(seg))
+    return ids, mask
+
+
+def _sft_responses(tokenizer, examples: Sequence[SFTExample]) -> list[tuple[list[int], list[bool] | None]]:
+    """(response ids, loss mask or None) per demonstration: single-turn ones by `encode_responses`
+    (in one batch, mask None: every token is a target), multi-turn ones by `encode_turns`."""
+    single = encode_responses(tokenizer, [e.response for e in examples if e.turns is None])
+    out, k = [], 0
+    for e in examples:
+        if e.turns is None:
+            out.append((single[k], None))
+            k += 1
+        else:
+            out.append(encode_turns(tokenizer, e.turns))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Length budgets
 
@@ -253,14 +282,23 @@ class _Stats:
 # Tokenised datasets
 
 
+# (prompt_ids, response_ids), or for a multi-turn episode (prompt_ids, response_ids, loss_mask)
+SFTItem = tuple[list[int], list[int]] | tuple[list[int], list[int], list[bool]]
+
+
 def tokenize_sft(
     examples: Sequence[SFTExample],
     tokenizer,
     max_len: int,
     max_prompt_len: int | None = None,
     truncation: str = "middle",
-) -> tuple[list[tuple[list[int], list[int]]], dict]:
+) -> tuple[list[SFTItem], dict]:
     """Demonstrations -> (prompt_ids, response_ids) pairs with len(prompt) + len(response) <= max_len.
+
+    A multi-turn demonstration (`turns`) gives a triple (prompt_ids, response_ids, loss_mask):
+    response_ids are its segments concatenated (`encode_turns`), loss_mask (one bool per response
+    token) is False on environment tokens, which `collate_sft` keeps out of the loss. Single-turn
+    demonstrations stay pairs, exactly as before.
 
     response_ids end in EOS and are never cut; the prompt is cut in the middle ("middle"), or the
     example dropped ("skip") or DataError raised ("error") when it does not fit; an example whose
@@ -273,13 +311,13 @@ def tokenize_sft(
     """
     _check_args(max_len, max_prompt_len, truncation)
     prompts = format_prompts(tokenizer, [e.prompt for e in examples])
-    responses = encode_responses(tokenizer, [e.response for e in examples])
+    responses = _sft_responses(tokenizer, examples)
     stats, out = _Stats(), []
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+    for i, (prompt, (response, mask)) in enumerate(zip(prompts, responses)):
         fitted, status = _fit_prompt(i, prompt, len(response), max_len, max_prompt_len, truncation)
         stats.add(prompt, [response], fitted, status)
         if fitted is not None:
-            out.append((fitted, response))
+            out.append((fitted, response) if mask is None else (fitted, response, mask))
     return out, stats.as_dict()
 
 
@@ -350,10 +388,12 @@ def tokenize_demonstrations(examples: Sequence[SFTExample], tokenizer, max_len: 
     """Demonstrations as language-model sequences (for the ptx mix): format_prompt(prompt) +
     encode_response(response), the very ids the SFT stage trains on (EOS included), windowed like
     `tokenize_texts` when longer than max_len. -> (sequences, stats), the stats of `tokenize_texts`.
+    A multi-turn demonstration is its episode's ids (`encode_turns`); as in any LM sequence,
+    every token of it, environment turns included, is predicted.
     """
     prompts = format_prompts(tokenizer, [e.prompt for e in examples])
-    responses = encode_responses(tokenizer, [e.response for e in examples])
-    return _windows([p + r for p, r in zip(prompts, responses)], max_len)
+    responses = _sft_responses(tokenizer, examples)
+    return _windows([p + r for p, (r, _) in zip(prompts, responses)], max_len)
 
 
 def _windows(encoded: list[list[int]], max_len: int) -> tuple[list[list[int]], dict]:

@@ -9,6 +9,7 @@ Every error is a one-line `DataError` naming the file and the line (JSON Lines),
 
 Schemas (extra fields are ignored; see docs/tasks.md):
     SFT            {prompt, response}  or  {messages: [{role, content}, ...]} ending in an assistant turn
+                   or  {prompt, turns: [policy, environment, ..., policy]} (a multi-turn episode)
     comparisons    {prompt, chosen, rejected}  or  {prompt, responses: [K], ranking: [indices, best first]}
     RL prompts     {prompt}  or  {messages} not ending in an assistant turn
     pretraining    {text}
@@ -33,10 +34,16 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class SFTExample:
-    """One demonstration: `prompt` is a string or a list of chat messages; `response` is the target text."""
+    """One demonstration: `prompt` is a string or a list of chat messages; `response` is the target text.
+
+    A multi-turn episode also has `turns`: (policy, environment, ..., policy), an odd number of
+    strings; its `response` is then the turns joined by spaces (the episode as text), and the
+    targets are the policy turns only (`rlhf_dist.data.encode.tokenize_sft`).
+    """
 
     prompt: Prompt
     response: str
+    turns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,14 +209,38 @@ def _messages(row: dict, loc: _Loc) -> list[dict]:
 
 
 def load_sft(path: str | Path) -> list[SFTExample]:
-    """Demonstrations: `{prompt, response}` or `{messages}` whose last message is the assistant's
-    response (the messages before it are the prompt, a list of at least one message)."""
+    """Demonstrations: `{prompt, response}`, `{messages}` whose last message is the assistant's
+    response (the messages before it are the prompt, a list of at least one message), or
+    `{prompt, turns}`: a multi-turn episode, turns alternating policy and environment, policy
+    first and last (the prompt may also be `{messages}` not ending in an assistant turn)."""
     located, columns = _read_located(path)
-    _require_columns(Path(path), columns, [("prompt", "response"), ("messages",)])
+    _require_columns(Path(path), columns, [("prompt", "response"), ("messages",), ("prompt", "turns")])
     return [_sft_example(row, loc) for loc, row in located]
 
 
+def _turns(row: dict, loc: _Loc) -> tuple[str, ...]:
+    """`turns`: an odd number of strings, policy turns (even indices) not empty."""
+    value = _get(row, loc, "turns")
+    if not isinstance(value, list) or not value:
+        what = "an empty list" if value == [] else _type_name(value)
+        raise DataError(f"{loc.field('turns')}: expected a non-empty list of strings "
+                        f"(policy, environment, ..., policy), got {what}")
+    for i, turn in enumerate(value):
+        if not isinstance(turn, str):
+            raise DataError(f"{loc.field('turns')}: turn {i} is {_type_name(turn)}, expected a string")
+    if len(value) % 2 == 0:
+        raise DataError(f"{loc.field('turns')}: {len(value)} turns; expected an odd number "
+                        f"(policy, environment, ..., policy: the policy speaks first and last)")
+    for i in range(0, len(value), 2):
+        if not value[i].strip():
+            raise DataError(f"{loc.field('turns')}: turn {i} (policy) is empty")
+    return tuple(value)
+
+
 def _sft_example(row: dict, loc: _Loc) -> SFTExample:
+    if "turns" in row:
+        turns = _turns(row, loc)
+        return SFTExample(prompt=_prompt(row, loc), response=" ".join(turns), turns=turns)
     if "messages" in row:
         messages = _messages(row, loc)
         if messages[-1]["role"] != "assistant":
@@ -276,12 +307,12 @@ def load_texts(path: str | Path) -> list[str]:
 
 def load_lm_data(path: str | Path) -> list[str] | list[SFTExample]:
     """Language-model data for the ptx mix: pretraining texts `{text}` -> strings, or
-    demonstrations (`{prompt, response}` / `{messages}`, as `load_sft`) -> SFTExamples.
-    The first record decides which; every record must then have that form."""
+    demonstrations (`{prompt, response}` / `{messages}` / `{prompt, turns}`, as `load_sft`) ->
+    SFTExamples. The first record decides which; every record must then have that form."""
     located, columns = _read_located(path)
-    _require_columns(Path(path), columns, [("text",), ("prompt", "response"), ("messages",)])
+    _require_columns(Path(path), columns, [("text",), ("prompt", "response"), ("messages",), ("prompt", "turns")])
     first = located[0][1]
-    if "text" in first and not ({"prompt", "response", "messages"} & first.keys()):
+    if "text" in first and not ({"prompt", "response", "messages", "turns"} & first.keys()):
         return [_string(row, loc, "text") for loc, row in located]
     return [_sft_example(row, loc) for loc, row in located]
 

@@ -161,7 +161,7 @@ def ppo_micro_step(policy_engine, critic_engine, table: pa.Table, ptx_batch: dic
     `is_weights` column (truncated importance weights of stale rows, rlhf_dist.algo.offpolicy)
     multiplies each token's policy loss. Returns additive statistics."""
     t = to_padded(table, pad_id, columns=train_columns(cfg, table)).to(device)
-    mask = t.response_mask
+    mask = t.loss_mask  # the policy's tokens: an episode's observation tokens are context, not targets
     n_tokens = mask.sum().item()
     c = t.columns
 

@@ -30,6 +30,7 @@ class Rollout:
     logprobs: list[float]
     finished_with_eos: bool
     weight_version: int = 0  # the policy version whose weights sampled it (bumped by each weight push)
+    finish: str = ""  # why sampling stopped: "eos", "stop" (a stop string) or "length" (the token budget)
 
 
 class VLLMRolloutEngine:
@@ -72,31 +73,42 @@ class VLLMRolloutEngine:
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 1.0,
         seed: int | None = None,
+        seeds: Sequence[int] | None = None,
+        stop: Sequence[str] | None = None,
     ) -> list[Rollout]:
         """Sample one response per prompt (token-id lists) from the full distribution at `temperature`.
 
         top_p = 1 and top_k off: PPO's ratio and KL assume y ~ pi_T exactly (docs/ppo-details.md item 13).
         temperature = 0 means greedy (log-probs then are at T = 1). With `seed`, request i is
         seeded with seed + i: one shared per-request seed would give every request the same
-        random stream, so samples of different prompts would be correlated.
+        random stream, so samples of different prompts would be correlated; `seeds` gives each
+        request its own. `max_new_tokens`: one budget, or one per request. `stop`: strings that
+        end a response as EOS does (a multi-turn episode's turn); the tokens are kept up to and
+        including the one that completes the stop string, as sampled.
         """
         from vllm import SamplingParams, TokensPrompt
 
+        n = len(prompts)
+        budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if seeds is None:
+            seeds = [None if seed is None else seed + i for i in range(n)]
         params = [
             SamplingParams(
                 n=1,
                 temperature=temperature,
                 top_p=1.0,
                 top_k=-1,
-                max_tokens=max_new_tokens,
+                max_tokens=budgets[i],
                 logprobs=0,
-                seed=None if seed is None else seed + i,
-                detokenize=False,  # token ids are what PPO needs; detokenising costs sampling time
+                seed=seeds[i],
+                stop=list(stop) if stop else None,
+                # token ids are what PPO needs; detokenising costs sampling time (stop strings need it)
+                detokenize=bool(stop),
             )
-            for i in range(len(prompts))
+            for i in range(n)
         ]
         outputs = []
         for lo, hi in self._waves(prompts):
@@ -109,7 +121,9 @@ class VLLMRolloutEngine:
             ids = list(completion.token_ids)
             # logprobs=0 returns exactly the sampled token's entry at every step.
             lps = [step[tok].logprob for step, tok in zip(completion.logprobs, ids)]
-            rollouts.append(Rollout(list(prompt), ids, lps, bool(ids) and ids[-1] == eos, self.weight_version))
+            ended_eos = bool(ids) and ids[-1] == eos
+            finish = "eos" if ended_eos else ("stop" if completion.finish_reason == "stop" else "length")
+            rollouts.append(Rollout(list(prompt), ids, lps, ended_eos, self.weight_version, finish))
         return rollouts
 
     def _waves(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, int]]:

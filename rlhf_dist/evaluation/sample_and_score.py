@@ -29,8 +29,8 @@ class SampleScores:
     """Per-sample results, in the order of the prompts (B samples)."""
 
     table: object  # pa.Table of the rollout rows: prompt_ids, response_ids, rollout_logprobs, finished_with_eos, ...
-    responses: list[str]  # decoded responses (special tokens skipped)
-    gold: list[float]  # the task's hidden gold score of each sample
+    responses: list[str]  # decoded responses (special tokens skipped; an episode: all its turns)
+    gold: list[float]  # the task's hidden gold score of each sample (an episode: of its last policy turn)
     proxy: list[float] | None  # the reward's score: the RM's, or the run's reward function's (None without `reward`)
     kl: list[float] | None  # sum_t log pi_T(y_t) - log pi_ref_T(y_t): the sample's KL estimate (None without `reference`)
     lengths: list[int]  # response tokens
@@ -69,15 +69,26 @@ def sample_and_score(sample: Callable, prompts: Sequence, prompt_ids: Sequence[S
     pending_reference = reference(table) if reference is not None else None
     response_ids = table.column("response_ids").to_pylist()
     responses = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    gold = [float(task.gold_score(prompt_text(p), y)) for p, y in zip(prompts, responses)]
+    masks = table.column("policy_mask").to_pylist() if "policy_mask" in table.column_names else None
+    answers = responses
+    if masks is not None:  # an episode: gold grades its last policy turn, KL and length count the policy's tokens
+        from rlhf_dist.engines.episodes import final_turn
+
+        answers = tokenizer.batch_decode([final_turn(y, m) for y, m in zip(response_ids, masks)], skip_special_tokens=True)
+    gold = [float(task.gold_score(prompt_text(p), y)) for p, y in zip(prompts, answers)]
     proxy = [float(s) for s in _value(pending_reward)] if reward is not None else None
     kl = None
     if reference is not None:
         ref = _value(pending_reference).to_pylist()
         policy = table.column("rollout_logprobs").to_pylist()
-        kl = [sum(p) - sum(r) for p, r in zip(policy, ref)]
-    return SampleScores(table, responses, gold, proxy, kl, [len(r) for r in response_ids],
+        kl = [sum(_policy_tokens(p, m)) - sum(_policy_tokens(r, m)) for p, r, m in zip(policy, ref, masks or [None] * len(ref))]
+    lengths = [len(r) for r in response_ids] if masks is None else [sum(m) for m in masks]
+    return SampleScores(table, responses, gold, proxy, kl, lengths,
                         [bool(e) for e in table.column("finished_with_eos").to_pylist()])
+
+
+def _policy_tokens(values: list, mask: list | None) -> list:
+    return values if mask is None else [v for v, keep in zip(values, mask) if keep]
 
 
 def sample_models(models: dict[str, str], prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,

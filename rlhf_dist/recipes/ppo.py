@@ -74,7 +74,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 table = add_columns(table, old_logprobs=old_logprobs, **({"values": values} if values is not None else {}))
                 # 4. advantages over the whole batch (rlhf_dist/algo/targets.py), importance weights of stale rows
                 batch, beta = padded_batch(table, data.pad_id), kl_ctl.beta
-                targets = compute_targets(p, batch.columns, batch.response_mask, beta, cfg.rollout.samples_per_prompt,
+                targets = compute_targets(p, batch.columns, batch.loss_mask, beta, cfg.rollout.samples_per_prompt,
                                           score_stats)
                 table, offpolicy = with_targets(table, targets, batch, it, p.is_cap)
                 # 5. PPO epochs: every row once per epoch, in a fresh seeded permutation (docs/ppo-details.md item 35)
@@ -119,15 +119,18 @@ def train_ppo(cfg: PPOConfig) -> dict:
     return summary
 
 
-# The padded columns of a batch that step 4 and the record read (values only with a critic).
+# The padded columns of a batch that step 4 and the record read (values only with a critic,
+# env_rewards only for multi-turn episodes).
 BATCH_COLUMNS = ("score", "finished_with_eos", "rollout_logprobs", "ref_logprobs", "old_logprobs")
 
 
 def padded_batch(table, pad_id: int):
-    """The batch's (B,) and (B, T) tensors of BATCH_COLUMNS (+ values) and its response mask."""
+    """The batch's (B,) and (B, T) tensors of BATCH_COLUMNS (+ values, env_rewards) and its masks
+    (`loss_mask`: the policy's tokens)."""
     from rlhf_dist.buffer import to_padded
 
-    return to_padded(table, pad_id, columns=list(BATCH_COLUMNS) + (["values"] if "values" in table.column_names else []))
+    extra = [c for c in ("values", "env_rewards") if c in table.column_names]
+    return to_padded(table, pad_id, columns=list(BATCH_COLUMNS) + extra)
 
 
 def with_targets(table, targets, batch, version: int, is_cap: float | None):
@@ -145,7 +148,7 @@ def with_targets(table, targets, batch, version: int, is_cap: float | None):
     if is_cap is None or not bool(stale.any()):
         return table, {}
     c = batch.columns
-    weights, metrics = truncated_is_weights(c["old_logprobs"], c["rollout_logprobs"], batch.response_mask, stale, is_cap)
+    weights, metrics = truncated_is_weights(c["old_logprobs"], c["rollout_logprobs"], batch.loss_mask, stale, is_cap)
     return add_columns(table, is_weights=weights), metrics
 
 
@@ -154,18 +157,22 @@ def iteration_record(table, batch, targets, beta: float, steps: list[dict], entr
     """One iteration's metrics (metrics.jsonl, TensorBoard), N+'s names: the batch's objective and
     rollout statistics, the hidden gold score of the training samples (monitoring only: the
     policy never sees it), the learner's losses and clip fractions, times (the iteration's since
-    `started`) and actor restarts."""
+    `started`) and actor restarts; with episodes, env/ (turns, failed share, end reasons)."""
     from rlhf_dist.algo import batch_metrics
+    from rlhf_dist.engines.episodes import episode_metrics
     from rlhf_dist.engines.ppo import learner_metrics
     from rlhf_dist.evaluation.sample_and_score import sample_and_score
 
     c = batch.columns
     prompts = [data.prompts[i] for i in table.column("prompt_id").to_pylist()]
     gold = sample_and_score(lambda _ids: table, prompts, table.column("prompt_ids").to_pylist(), task, data.tokenizer).gold
-    return {**batch_metrics(c["score"], targets, beta, batch.response_mask, c["finished_with_eos"], c["rollout_logprobs"],
+    episodes = "end_reason" in table.column_names
+    env = episode_metrics(table.column("end_reason").to_pylist(), table.column("turns").to_pylist()) if episodes else {}
+    entropy = _list_mean(entropy, table.column("policy_mask") if episodes else None)
+    return {**batch_metrics(c["score"], targets, beta, batch.loss_mask, c["finished_with_eos"], c["rollout_logprobs"],
                             c["old_logprobs"], c.get("values")),
-            "gold/train_mean": sum(gold) / len(gold), "rollout/staleness": staleness, "rollout/entropy": _list_mean(entropy),
-            **offpolicy, **learner_metrics(steps), **times, **faults, "time/iteration_s": time.perf_counter() - started}
+            "gold/train_mean": sum(gold) / len(gold), "rollout/staleness": staleness, "rollout/entropy": entropy,
+            **env, **offpolicy, **learner_metrics(steps), **times, **faults, "time/iteration_s": time.perf_counter() - started}
 
 
 def evaluate(actors, task, cfg: PPOConfig, out: Path, log, step: int, tag: str) -> dict:
@@ -202,10 +209,12 @@ def check_staleness(table, version: int, max_staleness: int) -> int:
     return lags[row]
 
 
-def _list_mean(array) -> float:
+def _list_mean(array, mask=None) -> float:
+    """Mean of a list column's values (where the list<bool> column `mask` is True)."""
     import pyarrow.compute as pc
 
-    return float(pc.mean(pc.list_flatten(array)).as_py())
+    values = pc.list_flatten(array)
+    return float(pc.mean(values if mask is None else pc.filter(values, pc.list_flatten(mask))).as_py())
 
 
 def ppo_main(argv: list[str]) -> int:

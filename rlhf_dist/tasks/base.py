@@ -52,7 +52,11 @@ class Task(Protocol):
       exploit_response(prompt) -> str           a response a proxy RM is likely to over-score while
                                                 gold scores it low (reported as a hackability check);
       prompt_key(prompt) -> str                 the instruction behind a wording, for the eval split
-                                                (default: the prompt itself).
+                                                (default: the prompt itself);
+      demonstrate_turns(prompt, rng, p_tool)    a demonstration as turns alternating policy and
+        -> list[str]                            environment, policy first and last ([response] when
+                                                no tool is used): `task-data tool_share=p_tool`
+                                                writes the multi-turn ones as SFT rows {prompt, turns}.
     """
 
     name: str

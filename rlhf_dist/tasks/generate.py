@@ -7,6 +7,7 @@
 Files (JSON Lines, keys sorted; see docs/tasks.md):
     pretrain.jsonl, pretrain_heldout.jsonl   {"text"}
     sft.jsonl                                 {"prompt", "response"}     imperfect demonstrations
+                                              {"prompt", "turns"}        ... using the task's tool (tool_share)
     rl_prompts.jsonl, eval_prompts.jsonl      {"prompt"}                 disjoint
     comparisons.jsonl, comparisons_heldout.jsonl  {"prompt", "responses": [K], "ranking": [best first]}
     manifest.json                             seed, config, counts, sha256 of each file, statistics
@@ -103,12 +104,11 @@ def build_files(task, cfg: Config) -> tuple[dict[str, list[dict]], dict]:
                          "ranking": labeler.rank(prompt, responses, rng_label)})
         return rows
 
-    sft_rng = stream(cfg.seed, "sft")
     sft_prompts = draw_prompts(task, stream(cfg.seed, "sft/prompts"), cfg.n_sft, train_side, False, "sft prompts")
     files = {
         "pretrain.jsonl": pretrain("pretrain", cfg.n_pretrain),
         "pretrain_heldout.jsonl": pretrain("pretrain_heldout", cfg.n_pretrain_heldout),
-        "sft.jsonl": [{"prompt": p, "response": task.demonstrate(p, sft_rng)} for p in sft_prompts],
+        "sft.jsonl": demonstrations(task, sft_prompts, stream(cfg.seed, "sft"), cfg.tool_share),
         "rl_prompts.jsonl": [{"prompt": p} for p in draw_prompts(
             task, stream(cfg.seed, "rl_prompts"), cfg.n_rl_prompts, train_side, True, "rl prompts")],
         "eval_prompts.jsonl": [{"prompt": p} for p in draw_prompts(
@@ -117,6 +117,31 @@ def build_files(task, cfg: Config) -> tuple[dict[str, list[dict]], dict]:
         "comparisons_heldout.jsonl": comparisons("comparisons_heldout", cfg.n_comparisons_heldout, is_eval),
     }
     return files, statistics_of(task, cfg, files, labeler)
+
+
+def demonstrations(task, prompts: list[str], rng: random.Random, tool_share: float) -> list[dict]:
+    """SFT rows: {"prompt", "response"}, or {"prompt", "turns"} for a demonstration in several
+    turns (policy, environment, ..., policy) from the task's `demonstrate_turns`, which is asked
+    only when tool_share > 0 (so the rows without tools are those of `demonstrate`)."""
+    if tool_share <= 0:
+        return [{"prompt": p, "response": task.demonstrate(p, rng)} for p in prompts]
+    turns_fn = getattr(task, "demonstrate_turns", None)
+    if not callable(turns_fn):
+        raise ConfigError(f"tool_share={tool_share}: task {task.name!r} has no demonstrate_turns(prompt, rng, p_tool)")
+    rows = []
+    for p in prompts:
+        turns = [str(t) for t in turns_fn(p, rng, tool_share)]
+        if not turns or len(turns) % 2 == 0:
+            raise RuntimeError(f"task {task.name!r}: demonstrate_turns returned {len(turns)} turns, expected an odd "
+                               f"number (policy, environment, ..., policy)")
+        rows.append({"prompt": p, "turns": turns} if len(turns) > 1 else {"prompt": p, "response": turns[0]})
+    return rows
+
+
+def response_text(row: dict) -> str:
+    """A demonstration's whole response as text: the response, or its turns joined by spaces (the
+    decoded episode, as a reward source sees a rollout)."""
+    return row["response"] if "response" in row else " ".join(row["turns"])
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -133,7 +158,7 @@ def _sem(xs) -> Optional[float]:
 def statistics_of(task, cfg: Config, files: dict[str, list[dict]], labeler: Labeler) -> dict:
     """Headroom (demonstrator vs optimal), label quality, and the exploit, for the manifest."""
     gold = task.gold_score
-    sft = files["sft.jsonl"]
+    sft = [{"prompt": r["prompt"], "response": response_text(r)} for r in files["sft.jsonl"]]
     eval_prompts = [r["prompt"] for r in files["eval_prompts.jsonl"]]
     demo_gold = [gold(r["prompt"], r["response"]) for r in sft]
     stats = {
@@ -145,6 +170,8 @@ def statistics_of(task, cfg: Config, files: dict[str, list[dict]], labeler: Labe
         "demonstrator_parts": _mean_parts(task, [(r["prompt"], r["response"]) for r in sft]),
         "length_gold_correlation": _correlation([len(r["response"].split()) for r in sft], demo_gold),
     }
+    if cfg.tool_share > 0:
+        stats["demonstrations_with_tool"] = _mean("turns" in r for r in files["sft.jsonl"])
     eval_rng = stream(cfg.seed, "stats/eval_demos")
     stats["eval_demonstrator_mean_gold"] = _mean(gold(p, task.demonstrate(p, eval_rng)) for p in eval_prompts)
     stats["eval_optimal_mean_gold"] = _mean(gold(p, task.optimal_response(p)) for p in eval_prompts)

@@ -13,6 +13,11 @@ Gold (gold.py) = helpful x honest x harmless; the demonstrator (demonstrator.py)
 the time but invents facts, insults and rambles (what RLHF should remove), and its closings are
 the exploit. Use it as `task=rlhf_dist.tasks.instruct:task`; its answer check alone is a reward
 function, `reward_source=fn reward_fn=rlhf_dist.tasks.instruct:correctness`.
+
+Its tool (tools.py) computes any instruction's answer in one call, `<tool>sort 5 2 9</tool>` ->
+`<result>2 5 9</result>`; episodes with it run in `env=rlhf_dist.tasks.instruct:ToolEnv`, and
+`task-data tool_share=...` writes demonstrations that use it (`demonstrate_turns`). Gold grades
+the answer with the tool traffic removed (`strip_tool_markup`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from random import Random
 from . import demonstrator, gold
 from .families import FAMILIES
 from .gold import correctness
+from .tools import ToolEnv, strip_tool_markup, tool_stats
 
 
 class InstructTask:
@@ -34,6 +40,10 @@ class InstructTask:
 
     def demonstrate(self, prompt: str, rng: Random) -> str:
         return demonstrator.respond(prompt, rng)
+
+    def demonstrate_turns(self, prompt: str, rng: Random, p_tool: float) -> list[str]:
+        """A demonstration that uses the tool with probability `p_tool` (`ToolEnv`'s episodes)."""
+        return demonstrator.respond_turns(prompt, rng, p_tool)
 
     def optimal_response(self, prompt: str) -> str:
         family, spec = gold.parse_prompt(prompt)
@@ -63,5 +73,7 @@ class InstructTask:
 
 
 task = InstructTask()
+tool_env = ToolEnv
 
-__all__ = ["InstructTask", "task", "FAMILIES", "correctness"]
+__all__ = ["InstructTask", "task", "FAMILIES", "correctness", "ToolEnv", "tool_env", "tool_stats",
+           "strip_tool_markup"]

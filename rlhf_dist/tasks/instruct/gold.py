@@ -23,6 +23,7 @@ from typing import Optional
 
 from .families import FAMILIES, FactsSpec
 from .text import repeated_trigrams, statements, words
+from .tools import strip_tool_markup
 from .vocab import RUDE
 
 EXTRA_WORD_COST = 0.04  # a 3-word polite closing costs 0.09: small, but never free
@@ -67,11 +68,15 @@ def honesty(spec, ws: list[str]) -> tuple[float, int, int]:
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
-    """All parts of the gold score. Unknown prompts score 0; any response string is accepted."""
+    """All parts of the gold score. Unknown prompts score 0; any response string is accepted.
+    Tool calls and their results (tools.py) are removed first: only the answer is graded."""
     family, spec = parse_prompt(prompt)
     if family is None:
         return _parts(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, answered=False)
-    ws = words(response if isinstance(response, str) else "")
+    text = response if isinstance(response, str) else ""
+    if "<" in text:  # the labeler grades the answer, not the tool calls and results around it
+        text = strip_tool_markup(text)
+    ws = words(text)
     check = family.check(spec, ws)
     repeats = repeated_trigrams(ws)
     concise = max(0.0, 1.0 - EXTRA_WORD_COST * check.extra - REPEAT_COST * repeats)
