@@ -34,7 +34,8 @@ def collate_sft(examples: Sequence[Sequence[Sequence]], pad_id: int) -> PaddedBa
     for i, e in enumerate(examples):
         if len(e) > 2:
             if len(e[2]) != len(e[1]):
-                raise ValueError(f"collate_sft: item {i} has {len(e[1])} response tokens but a loss mask of {len(e[2])}")
+                raise ValueError(f"collate_sft: item {i} has {len(e[1])} response tokens "
+                                 f"but a loss mask of {len(e[2])}")
             batch.response_mask[i, : len(e[1])] &= torch.as_tensor(list(e[2]), dtype=torch.bool)
     return batch
 

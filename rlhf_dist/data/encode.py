@@ -148,7 +148,10 @@ def encode_turns(tokenizer, turns: Sequence[str]) -> tuple[list[int], list[bool]
     mask: list[bool] = []
     for i, turn in enumerate(turns):
         policy = i % 2 == 0
-        seg = encode_policy_turn(tokenizer, turn, i == len(turns) - 1) if policy else encode_observation(tokenizer, turn)
+        if policy:
+            seg = encode_policy_turn(tokenizer, turn, last=i == len(turns) - 1)
+        else:
+            seg = encode_observation(tokenizer, turn)
         ids.extend(seg)
         mask.extend([policy] * len(seg))
     return ids, mask
