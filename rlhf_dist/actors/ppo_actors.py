@@ -252,16 +252,22 @@ class PPOActors:
         if self.cfg.episodes:
             check_env_failures(table, self.data.prompts, self.cfg.env, self.cfg.rollout.env_max_failed_share)
         ref = self.reference.submit("logprobs", table)
-        if not self.cfg.reward_reads_text:
-            score = self.reward.submit("score", table).result()
-        else:  # a function reads each prompt as written, not as its possibly truncated token ids
-            texts = [prompt_text(self.data.prompts[i]) for i in table.column("prompt_id").to_pylist()]
-            score = self.reward.submit("score", table, texts).result()
-        if self.cfg.episodes:
-            score = episode_scores(table, score)
+        score = self.submit_reward(table).result()
         table = add_columns(table, score=score, ref_logprobs=ref.result())
         check_finite_scores(table, self.data.prompts, self.cfg.reward_source)
         return table
+
+    def submit_reward(self, table, prompts: list | None = None) -> "_Then":
+        """Start scoring `table` with the run's reward; `.result()` is (B,) float32: reward_source's
+        score (a function reads each prompt as written in `prompts`, which the rows' prompt_id index,
+        default the RL prompts, not as its possibly truncated token ids), for episodes plus the
+        environment's rewards, 0 where the environment failed."""
+        if not self.cfg.reward_reads_text:
+            pending = self.reward.submit("score", table)
+        else:
+            prompts = self.data.prompts if prompts is None else prompts
+            pending = self.reward.submit("score", table, [prompt_text(prompts[i]) for i in table.column("prompt_id").to_pylist()])
+        return _Then(pending, (lambda score: episode_scores(table, score)) if self.cfg.episodes else None)
 
     def start_batches(self, prompts: PromptSampler, first: int) -> None:
         """Start the batch of iteration `first`; every later batch draws its prompts from `prompts`
@@ -319,3 +325,14 @@ class PPOActors:
         for part in ("learner", "rollout", "reward", "reference"):
             if hasattr(self, part):
                 getattr(self, part).shutdown()
+
+
+class _Then:
+    """A pending result whose `result()` applies `then` (None: as it is) once it arrives."""
+
+    def __init__(self, pending, then=None) -> None:
+        self.pending, self.then = pending, then
+
+    def result(self):
+        value = self.pending.result()
+        return value if self.then is None else self.then(value)

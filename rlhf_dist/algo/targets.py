@@ -47,7 +47,7 @@ def compute_targets(algo, batch: dict[str, torch.Tensor], mask: torch.Tensor, be
         per_token = {k: compact(v, index) if v.dim() == 2 else v for k, v in batch.items()}
         targets = compute_targets(algo, per_token, compact_mask, beta, group_size, score_stats)
         return replace(targets, **{f.name: expand(getattr(targets, f.name), index, compact_mask)
-                                   for f in fields(targets) if getattr(targets, f.name).dim() == 2})
+                                   for f in fields(targets) if getattr(getattr(targets, f.name), "ndim", 0) == 2})
     score = batch["score"]
     step_rewards = batch.get("env_rewards")
     if algo.score_norm == "running":

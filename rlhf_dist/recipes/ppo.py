@@ -185,7 +185,7 @@ def evaluate(actors, task, cfg: PPOConfig, out: Path, log, step: int, tag: str) 
 
     data = actors.data
     s = sample_and_score(lambda ids: actors.sample_held_out(ids, seed=cfg.seed + 12345), data.eval_prompts,
-                         data.eval_prompt_ids, task, data.tokenizer, reward=lambda t: actors.reward.submit("score", t),
+                         data.eval_prompt_ids, task, data.tokenizer, reward=lambda t: actors.submit_reward(t, data.eval_prompts),
                          reference=lambda t: actors.reference.submit("logprobs", t))
     result = {**s.summary(), "iteration": step}
     with (out / f"samples_{tag}.jsonl").open("w") as f:
