@@ -28,6 +28,12 @@ class EvalConfig:
     rm_max_len: int = param(128, "token budget of a ranked response with its prompt (rm's max_len)", ge=2)
     labeler_temperature: float = param(DEFAULT_LABELER_TEMPERATURE, "Bradley-Terry noise of the labeler's verdicts (0: gold order)", ge=0)
     micro_batch_size: int = param(16, "sequences per forward pass (KL, NLL, RM)", ge=1)
+    env: str = param("", "environment 'module:attr' or 'path/to/file.py:attr': every model runs one episode per prompt "
+                         "(max_new_tokens per turn); gold and the labeler read each episode's last turn")
+    max_turns: int = param(4, "with env=: policy turns per episode", ge=1)
+    max_episode_tokens: int = param(128, "with env=: tokens after the prompt, the policy's and the observations", ge=1)
+    env_timeout_s: float = param(30.0, "with env=: seconds an environment's reset or step may take", gt=0)
+    env_workers: int = param(2, "with env=: environment processes", ge=1)
 
     def __post_init__(self) -> None:
         if not self.out:

@@ -154,7 +154,9 @@ CPU_ENGINE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCHDYNAMO_DI
 @dataclass(frozen=True)
 class SampleJob:
     """One batch for `sample_jobs_in_subprocess`: one response per prompt (token ids) from the
-    model folder, request i seeded seed + i. With `name`, the child prints a progress line."""
+    model folder, request i seeded seed + i. With `name`, the child prints a progress line. With
+    `env` (an `rlhf_dist.engines.episodes.EnvSettings`), one episode per prompt against that
+    environment, reset with `prompts` (the prompt texts); `max_new_tokens` is then per turn."""
 
     model_dir: str
     prompt_ids: list  # list[list[int]]
@@ -162,6 +164,8 @@ class SampleJob:
     max_new_tokens: int
     seed: int
     name: str = ""
+    env: object = None
+    prompts: tuple = ()
 
 
 # config.json / generation_config.json fields that do not change what an engine computes: a
@@ -212,8 +216,9 @@ def _sample_jobs_here(jobs: list[SampleJob]) -> list[list[Rollout]]:
         for key, value in CPU_ENGINE_PROCESS_ENV.items():
             os.environ.setdefault(key, value)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    max_len = max([256] + [len(p) + j.max_new_tokens for j in jobs for p in j.prompt_ids])
-    engine, loaded, results = None, None, []
+    max_len = max([256] + [len(p) + (j.env.max_episode_tokens if j.env else j.max_new_tokens)
+                           for j in jobs for p in j.prompt_ids])
+    engine, loaded, results, pools = None, None, [], {}
     for job in jobs:
         start = time.perf_counter()
         if engine is None:
@@ -221,9 +226,22 @@ def _sample_jobs_here(jobs: list[SampleJob]) -> list[list[Rollout]]:
         elif job.model_dir != loaded:
             push_weights(engine, folder_tensors(job.model_dir), engine.weight_version + 1)
         loaded = job.model_dir
-        results.append(engine.generate(job.prompt_ids, job.max_new_tokens, job.temperature, seed=job.seed))
+        if job.env is None:
+            results.append(engine.generate(job.prompt_ids, job.max_new_tokens, job.temperature, seed=job.seed))
+        else:  # one environment pool per spec for all of this child's jobs
+            from rlhf_dist.engines.episodes import EpisodeLimits, run_episodes
+            from rlhf_dist.envs import EnvPool
+
+            env = job.env
+            if env.spec not in pools:
+                pools[env.spec] = EnvPool(env.spec, env.workers, env.timeout_s, timeout_setting="env_timeout_s")
+            limits = EpisodeLimits(env.max_turns, env.max_episode_tokens, job.max_new_tokens)
+            results.append(run_episodes(engine, job.prompt_ids, list(job.prompts), pools[env.spec], limits,
+                                        job.temperature, job.seed))
         if job.name:
             print(f"   sampled {job.name:<10} ({time.perf_counter() - start:.1f} s)", flush=True)
+    for pool in pools.values():
+        pool.close()
     return results
 
 

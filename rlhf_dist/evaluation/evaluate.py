@@ -209,7 +209,9 @@ def evaluate_models(cfg: EvalConfig) -> dict:
     #    here (so a GPU is the engine's alone); checkpoints of one model share one engine, their
     #    weights swapped. The same seed for every model: the per-request random streams are
     #    equal, so differences come from the models, not the dice.
-    tables = sample_models(cfg.models, inputs.prompt_ids, cfg.temperature, cfg.max_new_tokens, cfg.seed)
+    env = episode_settings(cfg)
+    tables = sample_models(cfg.models, inputs.prompt_ids, cfg.temperature, cfg.max_new_tokens, cfg.seed, env,
+                           texts_of_prompts)
 
     # 2. Score every model's samples on the same engines: gold, the RM's proxy score, and the KL
     #    to the baseline (the policy's vLLM log-probs minus the baseline's at the same T).
@@ -229,9 +231,9 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             win, lo, hi = fair_coin_ci95(n)
             win_prob = 0.5
         else:
-            rng, theirs = _judge_rng(cfg.seed, name), scored[base].responses
-            outcomes = [labeler.judge(p, y, b, rng) for p, y, b in zip(texts_of_prompts, s.responses, theirs)]
-            probs = [labeler.win_probability(p, y, b) for p, y, b in zip(texts_of_prompts, s.responses, theirs)]
+            rng, theirs = _judge_rng(cfg.seed, name), scored[base].answers
+            outcomes = [labeler.judge(p, y, b, rng) for p, y, b in zip(texts_of_prompts, s.answers, theirs)]
+            probs = [labeler.win_probability(p, y, b) for p, y, b in zip(texts_of_prompts, s.answers, theirs)]
             win, lo, hi = mean_ci95(outcomes)
             win_prob = sum(probs) / n
         # 4. alignment tax: NLL of held-out pretraining text
@@ -255,8 +257,10 @@ def evaluate_models(cfg: EvalConfig) -> dict:
             f"win_prob_vs_{base}": win_prob,
             "win_rate_by_definition": name == base,
         }
+        if env is not None:
+            results[name].update(episode_summary(s.table))
         if has_parts:  # what changed, part by part (e.g. correctness vs habits)
-            results[name]["gold_parts"] = mean_parts([gold_parts(task, p, y) for p, y in zip(texts_of_prompts, s.responses)])
+            results[name]["gold_parts"] = mean_parts([gold_parts(task, p, y) for p, y in zip(texts_of_prompts, s.answers)])
         t = s.table
         rows[name] = [
             {"model": name, "index": i, "prompt": p, "response": y, "prompt_ids": pi, "response_ids": ri,
@@ -300,6 +304,29 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         table.append(("labeler ceiling", f"{report['labeler_agreement']:.3f} (the gold scorer on the same rankings)"))
     print_table(table, f"Evaluation on {n} held-out prompts -> {out / 'eval.json'}")
     return report
+
+
+def episode_settings(cfg: EvalConfig):
+    """The `EnvSettings` of an eval with env= (the spec checked here, in one line), else None."""
+    if not cfg.env.strip():
+        return None
+    from rlhf_dist.engines.episodes import EnvSettings
+    from rlhf_dist.engines.reward_fn import absolute_spec
+    from rlhf_dist.envs import load_env
+
+    spec = absolute_spec(cfg.env)
+    load_env(spec)
+    return EnvSettings(spec, cfg.env_workers, cfg.env_timeout_s, cfg.max_turns, cfg.max_episode_tokens)
+
+
+def episode_summary(table) -> dict:
+    """A model's episodes: turns per episode, the share that ended in each way, failed share."""
+    from rlhf_dist.engines.episodes import episode_metrics
+
+    m = episode_metrics(table.column("end_reason").to_pylist(), table.column("turns").to_pylist())
+    return {"turns_mean": m["env/turns_mean"], "env_failed_share": m["env/failed_share"],
+            "end_reasons": {k.removeprefix("env/end_").removesuffix("_share"): v for k, v in m.items()
+                            if k.startswith("env/end_") and v}}
 
 
 def _fmt(x, spec: str) -> str:

@@ -30,6 +30,7 @@ class SampleScores:
 
     table: object  # pa.Table of the rollout rows: prompt_ids, response_ids, rollout_logprobs, finished_with_eos, ...
     responses: list[str]  # decoded responses (special tokens skipped; an episode: all its turns)
+    answers: list[str]  # what the gold scorer and the labeler read: the response (an episode: its last policy turn)
     gold: list[float]  # the task's hidden gold score of each sample (an episode: of its last policy turn)
     proxy: list[float] | None  # the reward's score: the RM's, or the run's reward function's (None without `reward`)
     kl: list[float] | None  # sum_t log pi_T(y_t) - log pi_ref_T(y_t): the sample's KL estimate (None without `reference`)
@@ -83,7 +84,7 @@ def sample_and_score(sample: Callable, prompts: Sequence, prompt_ids: Sequence[S
         policy = table.column("rollout_logprobs").to_pylist()
         kl = [sum(_policy_tokens(p, m)) - sum(_policy_tokens(r, m)) for p, r, m in zip(policy, ref, masks or [None] * len(ref))]
     lengths = [len(r) for r in response_ids] if masks is None else [sum(m) for m in masks]
-    return SampleScores(table, responses, gold, proxy, kl, lengths,
+    return SampleScores(table, responses, answers, gold, proxy, kl, lengths,
                         [bool(e) for e in table.column("finished_with_eos").to_pylist()])
 
 
@@ -92,16 +93,18 @@ def _policy_tokens(values: list, mask: list | None) -> list:
 
 
 def sample_models(models: dict[str, str], prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
-                  seed: int) -> dict[str, object]:
+                  seed: int, env=None, prompts: Sequence[str] = ()) -> dict[str, object]:
     """{name: pa.Table of rollout rows} for each model folder in `models`: one sample per prompt,
     request i seeded seed + i (the same seed for every model gives every model the same random
     streams). Sampled in a child process; folders of one model share one engine
-    (`rlhf_dist.engines.vllm_rollout.sample_jobs_in_subprocess`). Prints a line per model."""
+    (`rlhf_dist.engines.vllm_rollout.sample_jobs_in_subprocess`). Prints a line per model. With
+    `env` (`EnvSettings`), one episode per prompt, the environment reset with `prompts` (texts)."""
     from rlhf_dist.buffer import rollouts_to_batch
     from rlhf_dist.engines.vllm_rollout import SampleJob, sample_jobs_in_subprocess
 
     prompt_ids = [list(p) for p in prompt_ids]
-    jobs = [SampleJob(str(path), prompt_ids, temperature, max_new_tokens, seed, name) for name, path in models.items()]
+    jobs = [SampleJob(str(path), prompt_ids, temperature, max_new_tokens, seed, name, env, tuple(prompts))
+            for name, path in models.items()]
     return {name: rollouts_to_batch(rollouts, list(range(len(rollouts))), 0, 0)
             for name, rollouts in zip(models, sample_jobs_in_subprocess(jobs))}
 

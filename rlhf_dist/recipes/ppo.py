@@ -44,7 +44,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     cfg = find_or_build_models(cfg)  # sft=, reward_model= and data= filled in
     task, p = load_task(cfg.task), cfg.ppo
     actors = PPOActors(cfg)  # every role started; the data is read while the engines start
-    data, log = actors.data, None
+    data, log, bar = actors.data, None, None
     try:
         prompts = PromptSampler(len(data.prompt_ids), cfg.prompts_per_iteration, cfg.seed)
         ptx = PtxSampler(len(data.ptx), actors.ptx_per_minibatch, cfg.seed) if actors.ptx_per_minibatch else None
@@ -105,6 +105,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
         actors.learner.save(out / "model", out / "critic", cfg.sft)
         peak_mb = actors.learner.peak_memory_mb()
     finally:
+        if bar is not None:
+            bar.close()  # an error's line starts on a line of its own
         actors.shutdown()
         if log is not None:
             log.close()
