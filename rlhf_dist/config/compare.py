@@ -44,6 +44,9 @@ class CompareConfig:
     eval_temperature: float = param(0.5, "sampling temperature of the evaluation, the same for every model", gt=0)
     max_new_tokens: int = param(32, "response budget (rollouts and evaluation)", ge=1)
     seed: int = param(0, "seed of every run and of the evaluation")
+    env: str = param("", "environment 'module:attr' or 'file.py:attr' (docs/environments.md): every PPO method trains "
+                         "on episodes in it (a method's own env= wins) and every model is evaluated on episodes in it, "
+                         "with ppo_config's rollout limits")
 
     def __post_init__(self) -> None:
         if not self.out:

@@ -265,10 +265,11 @@ def evaluate_models(cfg: EvalConfig) -> dict:
         rows[name] = [
             {"model": name, "index": i, "prompt": p, "response": y, "prompt_ids": pi, "response_ids": ri,
              "logprobs": lp, "finished_with_eos": e, "gold": g, "proxy": q, f"kl_to_{base}": k, f"win_vs_{base}": o,
-             f"win_prob_vs_{base}": w}
-            for i, (p, y, pi, ri, lp, e, g, q, k, o, w) in enumerate(zip(
+             f"win_prob_vs_{base}": w, **({"answer": a, **episode} if env is not None else {})}
+            for i, (p, y, pi, ri, lp, e, g, q, k, o, w, a, episode) in enumerate(zip(
                 inputs.prompts, s.responses, t.column("prompt_ids").to_pylist(), t.column("response_ids").to_pylist(),
-                t.column("rollout_logprobs").to_pylist(), s.eos, s.gold, proxy, s.kl, outcomes, probs))
+                t.column("rollout_logprobs").to_pylist(), s.eos, s.gold, proxy, s.kl, outcomes, probs, s.answers,
+                _episode_rows(t)))
         ]
         print(f"   scored  {name:<10} {_summary_line(results[name], base)}", flush=True)
 
@@ -317,6 +318,14 @@ def episode_settings(cfg: EvalConfig):
     spec = absolute_spec(cfg.env)
     load_env(spec)
     return EnvSettings(spec, cfg.env_workers, cfg.env_timeout_s, cfg.max_turns, cfg.max_episode_tokens)
+
+
+def _episode_rows(table) -> list[dict]:
+    """Per row of an episode table: policy_mask, turns, end_reason, env_error ({} per row otherwise)."""
+    names = [c for c in ("policy_mask", "turns", "end_reason", "env_error") if c in table.column_names]
+    if not names:
+        return [{}] * table.num_rows
+    return table.select(names).to_pylist()
 
 
 def episode_summary(table) -> dict:

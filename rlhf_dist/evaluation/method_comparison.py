@@ -188,7 +188,8 @@ def per_prompt_correctness(samples_file: Path, task) -> dict[str, list[float]]:
         if not line.strip():
             continue
         row = json.loads(line)
-        value = gold_parts(task, prompt_text(row["prompt"]), row["response"]).get("correct")
+        answer = row.get("answer", row["response"])  # an episode's last turn
+        value = gold_parts(task, prompt_text(row["prompt"]), answer).get("correct")
         if value is None:
             return {}
         by_model.setdefault(row["model"], {})[row["index"]] = float(value)

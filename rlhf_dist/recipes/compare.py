@@ -96,7 +96,7 @@ def ppo_base_config(cfg: CompareConfig, inputs: dict[str, str]) -> PPOConfig:
     values = {"out": cfg.out, "sft": inputs["sft"], "reward_model": inputs["reward_model"], "data": inputs["data"],
               "task": cfg.task, "seed": cfg.seed, "iterations": cfg.iterations, "eval_prompts": 0,
               "write_trajectories": False, "overwrite": True,
-              "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}}
+              "rollout": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}, "env": cfg.env}
     return with_overrides(load_config(PPOConfig, cfg.ppo_config, values=values), cfg.ppo_overrides, "ppo_overrides")
 
 
@@ -157,6 +157,15 @@ def train_method(name: str, run, overrides: list[str], timings: dict, label: str
             "responses_per_s": responses_per_second(_read_records(Path(run.out) / "metrics.jsonl"), rows)}
 
 
+def eval_episode_settings(cfg: CompareConfig, base: PPOConfig | None) -> dict:
+    """The evaluation's env= and episode limits: compare's env, with the PPO base config's rollout limits."""
+    if not cfg.env:
+        return {}
+    r = base.rollout if base is not None else load_config(PPOConfig, cfg.ppo_config, values={"out": cfg.out}).rollout
+    return {"env": cfg.env, "max_turns": r.max_turns, "max_episode_tokens": r.max_episode_tokens,
+            "env_timeout_s": r.env_timeout_s, "env_workers": r.env_workers}
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     from rlhf_dist.config.evaluation import EvalConfig
     from rlhf_dist.evaluation.evaluate import evaluate_models
@@ -187,7 +196,7 @@ def run_compare(cfg: CompareConfig) -> dict:
             out=str(out / "eval"), models={"sft": inputs["sft"], **{n: t["model"] for n, t in trained.items()}},
             baseline="sft", reward_model=inputs["reward_model"], comparisons_file=str(heldout) if heldout.is_file() else "",
             data=inputs["data"], task=cfg.task, prompts=cfg.eval_prompts, temperature=cfg.eval_temperature,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
+            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, **eval_episode_settings(cfg, base)))
 
     with stage(f"{total}/{total} compare.json, compare.md, compare.png", timings):
         correct = per_prompt_correctness(out / "eval" / "eval_samples.jsonl", task)
