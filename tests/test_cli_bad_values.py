@@ -30,7 +30,7 @@ CASES = [
     ("ppo", "prompts_per_iteration=0", "override 'prompts_per_iteration=0': 'prompts_per_iteration'=0: must be >= 1"),
     ("ppo", "learner.zero_stage=5", "override 'learner.zero_stage=5': 'learner.zero_stage': expected one of 0, 1, 2, 3, got 5"),
     ("ppo", "learner.dtype=fp16", "override 'learner.dtype=fp16': 'learner.dtype': expected one of fp32, bf16, got 'fp16'"),
-    ("ppo", "reward_source=human", "override 'reward_source=human': 'reward_source': expected one of rm, fn, rm+fn, gold, "
+    ("ppo", "reward_source=human", "override 'reward_source=human': 'reward_source': expected one of rm, fn, rm+fn, gold, env, "
                                    "got 'human'"),
     ("ppo", "reward_source=fn", "config: reward_source=fn needs reward_fn='module:attr' or 'path/to/file.py:attr'"),
     ("ppo", "reward_fn=my_rewards:score", "config: reward_fn='my_rewards:score' is unused with reward_source=rm: "

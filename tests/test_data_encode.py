@@ -264,3 +264,17 @@ def test_chat_template_path(tiny_model_dir):
     assert format_prompt(tok, chat) == tok(rendered, add_special_tokens=False)["input_ids"]
     pairs, _ = tokenize_sft([SFTExample(chat, "red box")], tok, max_len=64)
     assert pairs == [(tok(rendered, add_special_tokens=False)["input_ids"], tok("red box", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])]
+
+
+def test_observation_through_the_chat_template(tiny_model_dir):
+    """An episode's observation is what the template adds for a user message and the next
+    assistant header, written out here by hand; without a template, the text on its own."""
+    from rlhf_dist.data import encode_observation
+    from rlhf_dist.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    plain = encode_observation(tok, "<result>3 4 5</result>")
+    assert plain == tok("<result>3 4 5</result>", add_special_tokens=False)["input_ids"]
+    tok.chat_template = TEMPLATE
+    want = tok("[user] <result>3 4 5</result>\n[assistant] ", add_special_tokens=False)["input_ids"]
+    assert encode_observation(tok, "<result>3 4 5</result>") == want != plain
