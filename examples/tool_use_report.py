@@ -18,6 +18,18 @@ from rlhf_dist.tasks.instruct import task
 from rlhf_dist.tasks.instruct.tools import tool_stats
 
 
+def by_family(samples: list[dict], graded: list[float], stats: list[dict]) -> dict[str, dict]:
+    """Per family of the built-in task: prompts, correctness, tool-call rate."""
+    out: dict[str, dict] = {}
+    for r, g, s in zip(samples, graded, stats):
+        f = out.setdefault(task.family(r["prompt"]), {"prompts": 0, "correct": 0.0, "tool_calls": 0})
+        f["prompts"] += 1
+        f["correct"] += g
+        f["tool_calls"] += s["calls"] > 0
+    return {name: {"prompts": f["prompts"], "correctness": f["correct"] / f["prompts"],
+                   "tool_call_rate": f["tool_calls"] / f["prompts"]} for name, f in sorted(out.items())}
+
+
 def summarize(out: Path) -> dict:
     ev = json.loads((out / "eval" / "eval.json").read_text())
     rows: dict[str, list[dict]] = {}
@@ -36,7 +48,7 @@ def summarize(out: Path) -> dict:
                        "win_rate_vs_sft": m["win_rate_vs_sft"], "win_rate_ci95": m["win_rate_ci95"],
                        "tool_call_rate": sum(s["calls"] > 0 for s in stats) / len(stats),
                        "malformed_call_rate": sum(s["malformed"] for s in stats) / calls if calls else 0.0,
-                       "turns_mean": m.get("turns_mean"), "prompts": len(samples)}
+                       "turns_mean": m.get("turns_mean"), "prompts": len(samples), "by_family": by_family(samples, graded, stats)}
     metrics = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
     times = [r["time/iteration_s"] for r in metrics if "time/iteration_s" in r]
     return {"models": table, "grpo_iteration_s_median": statistics.median(times) if times else None,
@@ -55,6 +67,11 @@ def main(argv: list[str]) -> int:
         print(f"| {name} | {r['correctness']:.3f} [{lo:.3f}, {hi:.3f}] | {r['fully_correct']:.3f} | {r['gold']:.3f} | "
               f"{r['win_rate_vs_sft']:.3f} [{wlo:.3f}, {whi:.3f}] | {r['tool_call_rate']:.3f} | "
               f"{r['malformed_call_rate']:.3f} | {r['turns_mean']:.2f} |")
+    families = next(iter(result["models"].values()))["by_family"]
+    print("\ncorrectness (tool-call rate) by family\n| model | " + " | ".join(families) + " |\n" + "|---" * (len(families) + 1) + "|")
+    for name, r in result["models"].items():
+        cells = [f"{r['by_family'][f]['correctness']:.2f} ({r['by_family'][f]['tool_call_rate']:.2f})" for f in families]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"GRPO with the tool: {result['grpo_iteration_s_median']:.2f} s per iteration (median) -> {out / 'tool_use.json'}")
     return 0
 

@@ -89,3 +89,57 @@ def test_a_lost_learner_rank_stops_the_run_naming_it(ppo_models, tmp_path):
     assert len(errors) == 1 and "learner rank 0 died" in errors[0] and "resume=auto" in errors[0], stderr[-3000:]
     assert "Traceback" not in stderr
     assert (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())  # resumable
+
+
+SLOW_TWO_TURNS = '''
+import time
+
+class Slow:
+    """Two turns (the first ends at a space), a little time per step: the kill lands mid-episode."""
+    stop = [" "]
+
+    def reset(self, prompt):
+        return {"turn": 0}
+
+    def step(self, state, text):
+        time.sleep(0.02)
+        state["turn"] += 1
+        return (None, 1.0, True) if state["turn"] == 2 else ("go on:", 0.5, False)
+'''
+
+
+def test_a_rollout_worker_lost_mid_episode_runs_its_episodes_again_from_the_start(ppo_models, tmp_path):
+    """With env=, a killed rollout worker's episodes are run again by its replacement from the start
+    with the same seeds: the run's trajectories equal, token for token, those of a run where
+    nothing was killed."""
+    sft, rm, data = ppo_models
+    (tmp_path / "slow.py").write_text(SLOW_TWO_TURNS)
+
+    def cmd(out):
+        return [str(EXE), "ppo", "--config", "configs/tiny.yaml", "--out", str(out), f"sft={sft}", f"reward_model={rm}",
+                f"data={data}", "iterations=4", f"prompts_per_iteration={PROMPTS}", "ppo.minibatch_size=8",
+                "learner.micro_batch_size=4", "eval_prompts=0", "rollout.max_new_tokens=8", "rollout.num_workers=2",
+                f"env={tmp_path / 'slow.py'}:Slow", "rollout.max_episode_tokens=32"]
+
+    clean = subprocess.run(cmd(tmp_path / "clean"), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.05)
+        os.kill(_actor_pids(proc.pid, "RolloutWorker")[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["faults/rollout_restarts"] == 1
+    for name in sorted(f.name for f in (tmp_path / "clean" / "trajectories").glob("iter_*.parquet")):
+        a, b = pq.read_table(tmp_path / "clean" / "trajectories" / name), pq.read_table(out / "trajectories" / name)
+        for column in ("prompt_id", "response_ids", "policy_mask", "env_rewards", "end_reason", "score"):
+            assert a.column(column).to_pylist() == b.column(column).to_pylist(), (name, column)
