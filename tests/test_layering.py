@@ -113,6 +113,8 @@ ALLOWED = {
     "rlhf_dist.tasks.instruct": set(),
     "rlhf_dist.tasks.labeler": set(),
     "rlhf_dist.tasks.generate": set(),
+    "rlhf_dist.envs": set(),  # spawned environment processes start in a fraction of a second
+    "rlhf_dist.envs.worker": set(),
     "rlhf_dist.algo": {"torch"},
     "rlhf_dist.models": {"torch", "transformers"},
     "rlhf_dist.data": {"torch"},

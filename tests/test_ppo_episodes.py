@@ -100,15 +100,18 @@ def _rows_and_train(out):
 
 
 @pytest.mark.slow
-def test_grpo_with_a_users_environment_file(ppo_models, tmp_path):
+def test_grpo_with_a_users_environment_file_and_overlap(ppo_models, tmp_path):
     env = _write(tmp_path, "shorter.py", SHORTER)
     res = _ppo(ppo_models, tmp_path / "run", f"{env}:Shorter", "reward_source=env", "ppo.advantage=grpo",
-               "ppo.kl_coef=0")
+               "ppo.kl_coef=0", "rollout.overlap=true", "rollout.max_staleness=1")
     assert res.returncode == 0, res.stderr[-3000:]
     rows, train = _rows_and_train(tmp_path / "run")
     assert len(rows) == 32 and all(len(r["policy_mask"]) == len(r["response_ids"]) for r in rows)
     assert all(train[0][k] == 0.0 for k in ("env/failed_share", "env/end_env_error_share"))
     assert all(1.0 <= t["env/turns_mean"] <= 2.0 for t in train)
+    # overlap: the second batch was sampled with the first weights, its rows weighted on the policy's tokens
+    assert [t["rollout/staleness"] for t in train] == [0, 1] and "offpolicy/capped_share" in train[1]
+    assert all(len(r["is_weights"]) == len(r["response_ids"]) for r in rows if r["iteration"] == 1)
     # vLLM's log-probs are the learner's at every policy token of the episodes (same weights in iteration 1)
     assert train[0]["rollout/logprob_gap_max"] < 1e-4, train[0]
     for r in rows:

@@ -178,6 +178,27 @@ def test_compare_yaml_methods_are_valid_runs_with_equal_responses():
     assert dpo_run_config(cfg, inputs).init == "s" and dpo_run_config(cfg, inputs).data == "k"
 
 
+def test_env_trains_every_ppo_method_in_it_and_evaluates_with_its_limits():
+    """compare env=: every PPO method's run gets env= (a method's own env= wins) and the evaluation
+    runs episodes in it with the PPO base config's rollout limits."""
+    from rlhf_dist.config import load_config
+    from rlhf_dist.config.compare import CompareConfig
+    from rlhf_dist.recipes.compare import eval_episode_settings, ppo_base_config, ppo_run_config
+
+    cfg = load_config(CompareConfig, REPO / "configs" / "compare.yaml",
+                      [f"ppo_config={REPO / 'configs' / 'tiny.yaml'}", "env=rlhf_dist.tasks.instruct:ToolEnv",
+                       "ppo_overrides=[rollout.max_turns=3]", "methods.other=[env=examples/feedback_env.py:Revise]"])
+    base = ppo_base_config(cfg, {"sft": "s", "reward_model": "r", "data": "d", "rankings": "k"})
+    runs = {name: ppo_run_config(cfg, name, base) for name in cfg.methods}
+    assert {n: r.env for n, r in runs.items() if n != "other"} == {n: cfg.env for n in cfg.methods if n != "other"}
+    assert runs["other"].env == "examples/feedback_env.py:Revise" and runs["grpo"].episodes
+    assert eval_episode_settings(cfg, base) == {"env": cfg.env, "max_turns": 3, "max_episode_tokens": 128,
+                                                "env_timeout_s": 30.0, "env_workers": 2}
+    plain = load_config(CompareConfig, REPO / "configs" / "compare.yaml", [f"ppo_config={REPO / 'configs' / 'tiny.yaml'}"])
+    assert eval_episode_settings(plain, base) == {} and not ppo_base_config(plain, {"sft": "s", "reward_model": "r",
+                                                                                   "data": "d", "rankings": "k"}).episodes
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -55,7 +55,7 @@ def compute_targets(algo, batch: dict[str, torch.Tensor], mask: torch.Tensor, be
         score = score_stats.normalize(score, algo.score_clip)
         step_rewards = None  # the episode's normalised total sits on its last token
     if step_rewards is not None:  # each turn's environment reward on its turn; the rest of the score at the end
-        score = score - step_rewards.sum(1)
+        score = score - torch.where(mask, step_rewards, 0.0).sum(1)
     reward_beta = beta if algo.kl_penalty == "reward" else 0.0  # kl_penalty=loss: the learner adds the KL term
     common = dict(score=score, ref_logprobs=batch["ref_logprobs"], mask=mask, has_eos=batch["finished_with_eos"],
                   beta=reward_beta, kl_estimator=algo.kl_estimator, gamma=algo.gamma,

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rlhf_dist.data.encode import encode_observation
-from rlhf_dist.engines.vllm_rollout import Rollout
 from rlhf_dist.envs import FAILURES
 
 # Turn k of request i is seeded seed_i + k * TURN_SEED_STRIDE: turn 0 has the single-turn seed,
@@ -38,12 +37,18 @@ class EpisodeLimits:
 
 
 @dataclass
-class Episode(Rollout):
-    """A `Rollout` whose response is a whole episode. response_ids: the policy's and the
-    environment's tokens in order; logprobs: the engine's log pi_T of each policy token, 0 on
-    observation tokens; policy_mask: True on the policy's tokens; env_rewards: each turn's
-    environment reward on the turn's last token. finished_with_eos: the environment ended it."""
+class Episode:
+    """A rollout (the fields of `rlhf_dist.engines.vllm_rollout.Rollout`) whose response is a whole
+    episode. response_ids: the policy's and the environment's tokens in order; logprobs: the
+    engine's log pi_T of each policy token, 0 on observation tokens; policy_mask: True on the
+    policy's tokens; env_rewards: each turn's environment reward on the turn's last token.
+    finished_with_eos: the environment ended it."""
 
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finished_with_eos: bool = False
+    weight_version: int = 0
     policy_mask: list[bool] = field(default_factory=list)
     env_rewards: list[float] = field(default_factory=list)
     turns: int = 0
@@ -80,7 +85,7 @@ def run_episodes(engine, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[
     policy tokens), then ends with the failure.
     """
     tok = engine.tokenizer
-    episodes = [Episode(list(p), [], [], False, engine.weight_version) for p in prompt_ids]
+    episodes = [Episode(list(p), weight_version=engine.weight_version) for p in prompt_ids]
     states: list = [None] * len(episodes)
     failed_reset: dict[int, tuple[str, str]] = {}
     for i, result in enumerate(env.reset(list(prompts))):
