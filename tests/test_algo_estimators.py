@@ -390,3 +390,30 @@ def test_critic_free_targets_bad_batch_and_estimator():
         critic_free_targets(*args, estimator="grpo", group_size=4, beta=0.1)
     with pytest.raises(ValueError, match="reinforce_pp"):
         critic_free_targets(*args, estimator="ppo", group_size=2, beta=0.1)
+
+
+def test_reinforce_pp_batch_of_equal_returns_is_exactly_zero():
+    """Every row scores 0.3 and the KL is 0: the returns are all equal, so there is nothing to
+    learn; whitening would divide round-off by a zero std."""
+    mask = torch.arange(7) < torch.tensor([[7], [3], [5], [1]])
+    rewards = torch.where(mask & (torch.arange(7) == (mask.sum(1, keepdim=True) - 1)), 0.3, 0.0)
+    from rlhf_dist.algo.estimators import reinforce_pp_advantages
+
+    assert float(reinforce_pp_advantages(rewards.float(), mask, gamma=1.0).abs().max()) == 0.0
+    assert float(reinforce_pp_advantages((rewards + 0.1 * mask).float(), mask).abs().max()) > 0.5  # unequal: whitened
+
+
+def test_group_statistics_in_fp64_keep_scores_a_few_fp32_units_apart():
+    """Scores 1 + k * eps32: the fp64 reference of GRPO's (s - mean) / (std + 1e-6) is far from the
+    fp32 round-off an fp32 mean and std give (the eps of 1e-6 dominates, the ranking must hold)."""
+    from rlhf_dist.algo.estimators import group_advantages
+
+    eps = torch.finfo(torch.float32).eps
+    score = torch.tensor([1.0, 1.0 + eps, 1.0 + 2 * eps, 1.0 + 3 * eps], dtype=torch.float32)
+    adv, _ = group_advantages(score, 4, "grpo")
+    s = [1.0, 1.0 + eps, 1.0 + 2 * eps, 1.0 + 3 * eps]
+    mean = sum(s) / 4
+    std = (sum((x - mean) ** 2 for x in s) / 3) ** 0.5
+    want = [(x - mean) / (std + 1e-6) for x in s]
+    assert adv.dtype == torch.float32
+    assert adv.tolist() == pytest.approx(want, rel=1e-5)

@@ -27,7 +27,8 @@ ESTIMATORS = GROUP_METHODS + ("reinforce_pp",)
 
 
 def _grouped(score: torch.Tensor, group_size: int) -> torch.Tensor:
-    """score: (B,) -> (B // G, G) fp32; ValueError unless G >= 1 divides B."""
+    """score: (B,) -> (B // G, G) fp64 (B numbers: the group statistics cost nothing in fp64, and
+    scores a few fp32 units apart keep their differences); ValueError unless G >= 1 divides B."""
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if score.shape[0] % group_size != 0:
@@ -35,7 +36,7 @@ def _grouped(score: torch.Tensor, group_size: int) -> torch.Tensor:
             f"batch size {score.shape[0]} is not divisible by group_size {group_size}: "
             "every prompt needs exactly group_size consecutive responses"
         )
-    return score.float().reshape(-1, group_size)
+    return score.double().reshape(-1, group_size)
 
 
 def group_advantages(
@@ -61,7 +62,7 @@ def group_advantages(
     grouped = _grouped(score, group_size)
     no_signal = (grouped == grouped[:, :1]).all(dim=1)  # always True when G == 1
     if group_size == 1:
-        return torch.zeros_like(grouped).reshape(-1), no_signal
+        return torch.zeros_like(grouped).reshape(-1).float(), no_signal
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if method == "grpo":
         adv = centred / (grouped.std(dim=1, keepdim=True) + eps)
@@ -69,8 +70,8 @@ def group_advantages(
         adv = centred
     else:
         adv = centred * (group_size / (group_size - 1))
-    adv = torch.where(no_signal.unsqueeze(1), torch.zeros((), device=adv.device), adv)
-    return adv.reshape(-1), no_signal
+    adv = torch.where(no_signal.unsqueeze(1), torch.zeros((), dtype=adv.dtype, device=adv.device), adv)
+    return adv.reshape(-1).float(), no_signal
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
@@ -97,9 +98,15 @@ def reinforce_pp_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, gam
     The reward-to-go of the token rewards (score on the last token, -beta * kl_t on every token),
     whitened with the mean and unbiased variance of all valid tokens of the whole batch: the
     batch-level normalisation is the baseline that replaces the critic. 0 at padded positions.
-    The batch needs at least two valid tokens.
+    The batch needs at least two valid tokens. A batch whose returns are all exactly equal has
+    nothing to learn: exactly 0 (as the group estimators give an all-equal group), not the
+    round-off of the mean divided by a zero std.
     """
-    return masked_whiten(returns_to_go(token_rewards, mask, gamma), mask, shift_mean=True)
+    returns = returns_to_go(token_rewards, mask, gamma)
+    valid = returns[mask.bool()]
+    if valid.numel() and bool((valid == valid[0]).all()):
+        return torch.zeros_like(returns)
+    return masked_whiten(returns, mask, shift_mean=True)
 
 
 def outcome_token_advantages(

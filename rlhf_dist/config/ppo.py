@@ -82,7 +82,8 @@ class PPOAlgoConfig:
     kl_target: float | None = param(None, "adaptive beta: target KL per sequence (null: fixed beta)", gt=0)
     kl_horizon: float = param(10000.0, "adaptive beta horizon in episodes (Ziegler et al. 2019)", gt=0)
     kl_estimator: Literal["k1", "k2", "k3"] = param("k1", "KL estimator in the reward (docs/ppo-details.md item 23)")
-    gamma: float = param(1.0, "GAE discount (InstructGPT: none)", ge=0, le=1)
+    gamma: float = param(1.0, "discount of the returns: GAE's, REINFORCE++'s and the KL's reward-to-go (InstructGPT: none)",
+                         ge=0, le=1)
     lam: float = param(0.95, "GAE lambda", ge=0, le=1)
     clip_eps: float = param(0.2, "policy ratio clip", gt=0)
     clip_eps_high: float | None = param(None, "upper ratio clip (null: clip_eps)", gt=0)
@@ -91,8 +92,9 @@ class PPOAlgoConfig:
     entropy_coef: float = param(0.0, "entropy bonus (N+: off)", ge=0)
     epochs: int = param(1, "PPO epochs per rollout batch (InstructGPT 1, N+ 4)", ge=1)
     minibatch_size: int = param(32, "trajectories per optimizer step (all ranks)", ge=1)
-    whiten_advantages: bool = param(True, "whiten GAE advantages over the batch's valid tokens (the critic-free "
-                                          "estimators normalise their own)")
+    whiten_advantages: bool = param(True, "whiten GAE advantages over the batch's valid tokens (GAE only: grpo "
+                                          "divides by its group's std, reinforce_pp whitens over the batch, "
+                                          "grpo_mean and rloo are left unscaled)")
     whiten_rewards: bool = param(False, "whiten token rewards, mean kept (docs/ppo-details.md item 25: off)")
     score_norm: Literal["none", "running"] = param("none", "running: normalise RM scores by their running mean/std")
     score_clip: float | None = param(None, "clip normalised scores to +-this (with score_norm=running)", gt=0)
