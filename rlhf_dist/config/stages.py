@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rlhf_dist.config.data_columns import DataColumnsConfig
 from rlhf_dist.config.fields import DEFAULT_TASK, DEFAULT_VOCAB_SIZE, param
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 
@@ -16,8 +17,9 @@ class StageConfig:
 
     out: str = param("", "run folder (required)")
     init: str = param("", "model folder to start from (HF format, with tokenizer)")
-    train_file: str = param("", "training data (JSONL or Parquet)")
-    eval_file: str = param("", "held-out data; empty: hold out eval_fraction of train_file")
+    train_file: str = param("", "training data: JSONL, JSON, Parquet, or a folder of Parquet shards or from "
+                                "datasets' save_to_disk (FOLDER#SPLIT picks a split; default train)")
+    eval_file: str = param("", "held-out data (as train_file); empty: hold out eval_fraction of train_file")
     eval_fraction: float = param(0.05, "share of train_file held out when eval_file is empty", gt=0, lt=1)
     seed: int = param(0, "data order and initialisation seed")
     epochs: float = param(1.0, "passes over the training data", gt=0)
@@ -34,6 +36,7 @@ class StageConfig:
     ray_address: str = param("", "Ray cluster address; empty: $RAY_ADDRESS or a local Ray")
     learner: LearnerConfig = param(LearnerConfig(), "learner group")
     optim: OptimConfig = param(OptimConfig(), "optimizer")
+    columns: DataColumnsConfig = param(DataColumnsConfig(), "the data files' column names, where not the standard ones")
 
     def __post_init__(self) -> None:
         if not self.out:

@@ -7,7 +7,9 @@
     ... learner.num_ranks=2 learner.zero_stage=3 optim.lr=3e-4 epochs=2 ...
 
 `data=DIR` points at a task-data folder (`rlhf-dist task-data`) and fills in the standard file
-names; `train_file=`/`eval_file=` name files directly (JSONL or Parquet, schemas in the README).
+names; `train_file=`/`eval_file=` name files directly (JSONL, Parquet, or a dataset folder such as
+`datasets` writes, `FOLDER#SPLIT` for a split; schemas in the README) and `columns.*` maps a file's
+own column names to the standard ones (`columns.prompt=question`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ def _files(cfg, train_name: str, eval_name: str | None) -> tuple[Path, Path | No
     train = Path(cfg.train_file) if cfg.train_file else Path(cfg.data) / train_name if cfg.data else None
     if train is None:
         raise ValueError("give data=DIR (a task-data folder) or train_file=FILE")
-    evaluation = Path(cfg.eval_file) if cfg.eval_file else (Path(cfg.data) / eval_name if cfg.data and eval_name else None)
-    return train, evaluation
+    # An eval_file named outright must be read (a missing one is an error, not a silent hold-out);
+    # the data folder's held-out file is optional.
+    if cfg.eval_file:
+        return train, Path(cfg.eval_file)
+    evaluation = Path(cfg.data) / eval_name if cfg.data and eval_name else None
+    return train, evaluation if evaluation is not None and evaluation.exists() else None
 
 
 def _print_stats(name: str, stats: dict) -> None:
@@ -59,10 +65,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         print(f"   random-init {cfg.size} model and tokenizer: {cfg.init}")
     check_model_dir(cfg.init, "init")
     tok = load_tokenizer(cfg.init)
-    train, stats = tokenize_texts(load_texts(train_file), tok, cfg.max_len)
+    train, stats = tokenize_texts(load_texts(train_file, cfg.columns), tok, cfg.max_len)
     print(f"   {len(train)} training sequences from {stats['texts']} texts ({stats['tokens']} tokens)")
-    if eval_file and eval_file.exists():
-        held, _ = tokenize_texts(load_texts(eval_file), tok, cfg.max_len)
+    if eval_file:
+        held, _ = tokenize_texts(load_texts(eval_file, cfg.columns), tok, cfg.max_len)
     else:
         train, held = split_eval(train, cfg.eval_fraction, cfg.seed)
     summary = run_stage(cfg, "lm", "causal_lm", train, held, tok.pad_token_id, _lm_summary, resuming)
@@ -83,10 +89,10 @@ def sft(cfg: SFTConfig) -> dict:
     task = load_task(cfg.task) if cfg.gold_prompts else None
     train_file, eval_file = _files(cfg, "sft.jsonl", None)
     tok = load_tokenizer(cfg.init)
-    items, stats = tokenize_sft(load_sft(train_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
+    items, stats = tokenize_sft(load_sft(train_file, cfg.columns), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     _print_stats(str(train_file), stats)
     if eval_file:
-        held, _ = tokenize_sft(load_sft(eval_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
+        held, _ = tokenize_sft(load_sft(eval_file, cfg.columns), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
     summary = run_stage(cfg, "sft", "causal_lm", items, held, tok.pad_token_id, _lm_summary, resuming)
@@ -130,11 +136,11 @@ def rm(cfg: RMConfig) -> dict:
     task = load_task(cfg.task)
     train_file, eval_file = _files(cfg, "comparisons.jsonl", "comparisons_heldout.jsonl")
     tok = load_tokenizer(cfg.init)
-    comparisons = load_comparisons(train_file)
+    comparisons = load_comparisons(train_file, cfg.columns)
     items, stats = tokenize_comparisons(comparisons, tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     _print_stats(str(train_file), stats)
-    if eval_file and eval_file.exists():
-        held_comparisons = load_comparisons(eval_file)
+    if eval_file:
+        held_comparisons = load_comparisons(eval_file, cfg.columns)
         held, _ = tokenize_comparisons(held_comparisons, tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
@@ -186,10 +192,10 @@ def dpo(cfg: DPOConfig) -> dict:
         raise FileNotFoundError(f"data={cfg.data}: no such folder (a task-data folder with comparisons.jsonl)")
     resuming = prepare_stage_folder(cfg)
     train_file, eval_file = _files(cfg, "comparisons.jsonl", "comparisons_heldout.jsonl")
-    items, stats = tokenize_comparisons(load_comparisons(train_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
+    items, stats = tokenize_comparisons(load_comparisons(train_file, cfg.columns), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     _print_stats(str(train_file), stats)
-    if eval_file and eval_file.exists():
-        held, _ = tokenize_comparisons(load_comparisons(eval_file), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
+    if eval_file:
+        held, _ = tokenize_comparisons(load_comparisons(eval_file, cfg.columns), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
     # The reference is frozen (DPO section 4), so its log-probs are computed once, on actors placed
