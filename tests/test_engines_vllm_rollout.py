@@ -90,3 +90,23 @@ def test_rollout_actor_environment_on_cpu(monkeypatch):
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["TORCHDYNAMO_DISABLE"] == "1"
     assert env["OMP_NUM_THREADS"] == "3" and env["VLLM_CPU_KVCACHE_SPACE"] == "4"
     assert "OMP_NUM_THREADS" not in rollout_env()
+
+
+@pytest.mark.parametrize("config, ok", [
+    ({"hidden_size": 128, "num_attention_heads": 4}, True),  # head size 32
+    ({"hidden_size": 64, "num_attention_heads": 4}, False),  # 16: vLLM's CPU attention has no kernel
+    ({"hidden_size": 64, "num_attention_heads": 4, "head_dim": 64}, True),  # an explicit head_dim wins
+    ({"hidden_size": 240, "num_attention_heads": 5}, False),  # 48
+])
+def test_a_head_size_the_cpu_engine_cannot_run_is_refused_in_one_line(config, ok, tmp_path):
+    import json
+
+    from rlhf_dist.engines.vllm_rollout import check_engine_can_run
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if torch.cuda.is_available() or ok:
+        check_engine_can_run(str(tmp_path), "sft")
+        return
+    with pytest.raises(ValueError) as info:
+        check_engine_can_run(str(tmp_path), "sft")
+    assert str(info.value).startswith(f"sft={tmp_path}: attention head size ") and "\n" not in str(info.value)

@@ -27,6 +27,7 @@ from rlhf_dist.data import PromptSampler, prompt_text
 from rlhf_dist.data.ppo_data import PPOData, load_ppo_data
 from rlhf_dist.engines.episodes import EnvSettings
 from rlhf_dist.engines.ppo import PPOLossConfig
+from rlhf_dist.engines.vllm_rollout import check_engine_can_run
 from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
 from rlhf_dist.models import check_model_dir, load_tokenizer
 from rlhf_dist.runtime import ensure_ray, shared_cores_env
@@ -154,6 +155,7 @@ class PPOActors:
 
                 load_env(self.env_spec)
             check_model_dir(cfg.sft, "sft")  # the rollout engines load it
+            check_engine_can_run(cfg.sft, "sft")
             ensure_ray(cfg.ray_address)
             check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
         except BaseException:

