@@ -12,6 +12,7 @@ Run folder layout (every training command):
     checkpoints/       DeepSpeed checkpoints every `save_every` steps
     model/             the final model in Hugging Face format (+ tokenizer)
     summary.json       the command's headline numbers and wall time
+    wandb/, wandb_run_id, mlflow_run_id   with log.wandb / log.mlflow_uri (rlhf_dist/trackers.py)
 """
 
 from __future__ import annotations
@@ -162,12 +163,18 @@ def new_checkpoint(root: str | Path, name: str, state: dict, keep: int):
 
 
 class RunLog:
-    """metrics.jsonl + TensorBoard of one run folder, one call per record.
+    """metrics.jsonl + TensorBoard of one run folder, one call per record, and the experiment
+    trackers (W&B, MLflow: rlhf_dist/trackers.py) it forwards the numbers to.
 
     `resume_step`: the run continues from a checkpoint taken at that step: the records after it
-    (written before the run stopped) are dropped from both logs, so no row is duplicated or missing."""
+    (written before the run stopped) are dropped from both logs, so no row is duplicated or missing.
 
-    def __init__(self, out: str | Path, resume_step: int | None = None) -> None:
+    Trackers: started here (they log the config), given every record's numbers, and ended by
+    `finish(summary, files)` after `close()`, or by `close()` itself when an exception is on its
+    way out (status FAILED, KILLED for Ctrl-C); a tracker that raises is dropped with one warning
+    line and the local logs go on."""
+
+    def __init__(self, out: str | Path, resume_step: int | None = None, trackers: list | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         out = Path(out)
@@ -176,24 +183,59 @@ class RunLog:
             shutil.rmtree(out / "tb", ignore_errors=True)
             self.file = (out / "metrics.jsonl").open("w")
             self.tb = SummaryWriter(str(out / "tb"))
-            return
-        path = out / "metrics.jsonl"
-        kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
-                if line.strip() and json.loads(line)["step"] <= resume_step]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-        self.file = path.open("a")
-        self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1)
+        else:
+            path = out / "metrics.jsonl"
+            kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+            self.file = path.open("a")
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1)
+        self.trackers = list(trackers or [])
+        self._each("start", resume_step is not None)
+        if self.trackers:
+            import atexit
+
+            atexit.register(self._end_trackers, "FAILED")  # a caller that never reached finish()
+
+    def _each(self, method: str, *args) -> None:
+        """Call `method` on every tracker; one that raises is dropped with one warning line."""
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as e:  # noqa: BLE001 - a tracker never ends a run
+                reason = " ".join(f"{type(e).__name__}: {e}".split())
+                print(f"warning: {tracker.name} tracker disabled: {reason[:300]}", flush=True)
+                self.trackers.remove(tracker)
+
+    def _end_trackers(self, status: str) -> None:
+        self._each("end", status)
+        self.trackers = []
 
     def write(self, step: int, record: dict) -> None:
         self.file.write(json.dumps({"step": step, **record}) + "\n")
         self.file.flush()
+        numbers = {}
         for key, value in record.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tb.add_scalar(key, value, step)
+                numbers[key] = float(value)
+        if numbers:
+            self._each("log_metrics", step, numbers)
+
+    def finish(self, summary: dict, files: list[str | Path] = ()) -> None:
+        """Give the trackers the run's summary (headline numbers, and as summary.json) and the
+        `files` that exist (e.g. report.html), then end them as FINISHED."""
+        self._each("finish", summary, [Path(f) for f in files if Path(f).is_file()])
+        self._end_trackers("FINISHED")
 
     def close(self) -> None:
+        import sys
+
         self.file.close()
         self.tb.close()
+        error = sys.exc_info()[0]  # set when called from a `finally` that an exception passes through
+        if error is not None:
+            self._end_trackers("KILLED" if issubclass(error, KeyboardInterrupt) else "FAILED")
 
 
 class Timer:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-LAYERS = ["config", "runtime", "tasks", "envs", "algo", "models", "data", "buffer", "engines", "actors", "evaluation", "recipes", "cli"]
+LAYERS = ["config", "runtime", "trackers", "tasks", "envs", "algo", "models", "data", "buffer", "engines", "actors", "evaluation", "recipes", "cli"]
 __doc__ += "\n    " + " < ".join(LAYERS) + "\n"
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf_dist"
@@ -109,6 +109,7 @@ ALLOWED = {
     "rlhf_dist": set(),
     "rlhf_dist.config": set(),
     "rlhf_dist.runtime": set(),
+    "rlhf_dist.trackers": set(),
     "rlhf_dist.tasks.base": set(),
     "rlhf_dist.tasks.instruct": set(),
     "rlhf_dist.tasks.labeler": set(),

@@ -10,6 +10,7 @@ from typing import Literal
 
 from rlhf_dist.config.fields import DEFAULT_TASK, param
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
+from rlhf_dist.config.logging import LogConfig
 
 
 @dataclass
@@ -156,6 +157,7 @@ class PPOConfig:
     reward: ScorerConfig = param(ScorerConfig(), "reward actors")
     reference: ReferenceConfig = param(ReferenceConfig(), "reference actors")
     ppo: PPOAlgoConfig = param(PPOAlgoConfig(), "the algorithm")
+    log: LogConfig = param(LogConfig(), "experiment trackers")
 
     def __post_init__(self) -> None:
         if not self.out:

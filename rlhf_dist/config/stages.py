@@ -9,6 +9,7 @@ from typing import Literal
 from rlhf_dist.config.data_columns import DataColumnsConfig
 from rlhf_dist.config.fields import DEFAULT_TASK, DEFAULT_VOCAB_SIZE, param
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
+from rlhf_dist.config.logging import LogConfig
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StageConfig:
     learner: LearnerConfig = param(LearnerConfig(), "learner group")
     optim: OptimConfig = param(OptimConfig(), "optimizer")
     columns: DataColumnsConfig = param(DataColumnsConfig(), "the data files' column names, where not the standard ones")
+    log: LogConfig = param(LogConfig(), "experiment trackers")
 
     def __post_init__(self) -> None:
         if not self.out:

@@ -38,6 +38,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
     from rlhf_dist.recipes.ppo_models import find_or_build_models
     from rlhf_dist.runtime import RunLog, Timer, prepare_run_folder, write_json
     from rlhf_dist.tasks.base import load_task
+    from rlhf_dist.trackers import make_trackers
 
     start, out = time.perf_counter(), Path(cfg.out)
     resuming = prepare_run_folder(out, cfg.resume, cfg.overwrite, checkpoint.RUN_ARTIFACTS)  # before anything is written
@@ -53,7 +54,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
         first, evals = checkpoint.restore(out, actors.learner, kl_ctl, score_stats, prompts, ptx) if resuming else (0, {})
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        log, writer = RunLog(out, resume_step=first or None), TrajectoryWriter(out / "trajectories", cfg.trajectory_format)
+        log, writer = (RunLog(out, resume_step=first or None, trackers=make_trackers(cfg.log, out, config_to_dict(cfg))),
+                       TrajectoryWriter(out / "trajectories", cfg.trajectory_format))
         if first:
             actors.push_weights(version=first)  # the rollout workers sample with the checkpoint's weights
         elif cfg.eval_prompts:
@@ -115,6 +117,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                "critic": str(out / "critic") if cfg.has_critic else None, "sft": cfg.sft,
                "reward_model": cfg.reward_model if cfg.reward_uses_rm else "", "config": config_to_dict(cfg)}
     write_json(out / "summary.json", summary)
+    log.finish(summary, [out / "report.html"])
     if "sft" in evals and "ppo" in evals:
         print(f"   held-out gold: SFT {evals['sft']['gold']:.3f} -> PPO {evals['ppo']['gold']:.3f}; reward "
               f"{evals['sft']['proxy']:.3f} -> {evals['ppo']['proxy']:.3f}; KL(PPO || SFT) {evals['ppo']['kl']:.2f} nats/response")

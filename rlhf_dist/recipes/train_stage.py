@@ -16,6 +16,7 @@ from pathlib import Path
 from rlhf_dist.config import config_to_dict, save_config
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.runtime import RunLog, ensure_ray, latest_checkpoint, new_checkpoint, prepare_run_folder
+from rlhf_dist.trackers import make_trackers
 
 # Everything a stage writes into its folder (what `overwrite=true` removes).
 STAGE_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "tb", "checkpoints", "model", "init",
@@ -61,7 +62,7 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
         print(f"   resumed from {found[0]} (step {first})", flush=True)
     elif resuming:
         print(f"   resume=auto: no complete checkpoint in {out / 'checkpoints'}: starting from step 0", flush=True)
-    log = RunLog(out, resume_step=first or None)
+    log = RunLog(out, resume_step=first or None, trackers=make_trackers(cfg.log, out, config_to_dict(cfg)))
     if not first:
         last_eval = {}
 
@@ -108,4 +109,5 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
         log.close()
     summary = {"steps": step, "wall_time_s": time.perf_counter() - start, **last_eval, "model": str(out / "model"),
                "learner_peak_memory_mb": peak_mb, "config": config_to_dict(cfg)}
+    log.finish(summary, [out / "report.html"])
     return summary
