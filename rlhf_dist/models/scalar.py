@@ -51,7 +51,7 @@ class ScalarHeadModel(nn.Module):
         """Head output at every position, minus the reward bias. (B, S) -> (B, S) fp32."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        hidden = self.hf.model(
+        hidden = self.hf.base_model(  # the backbone of any architecture (`model`, `transformer`, ...)
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         return self.hf.score(hidden).squeeze(-1).float() - self.reward_bias

@@ -18,6 +18,14 @@ vllm/model_executor/model_loader/reload/{inplace,layerwise}.py; checked by tests
   holds back the members of a group that arrive incomplete until the rest arrives (per-tensor
   buckets are safe too); a group still incomplete at the final bucket is an error, never a
   garbage layer.
+- tied embeddings (Qwen2, Gemma, GPT-2, ... with tie_word_embeddings): vLLM makes the LM head's
+  `weight` the embedding's Parameter object; a reload rebuilds the embedding with the pushed
+  tensor but gives the LM head, which got no tensor of its own (HF checkpoints store the tied
+  weight once), its OLD state back, including on CPU the `cpu_linear` that
+  `process_weights_after_loading` built from the old weight: the logits come from stale weights
+  (observed: greedy outputs differ from transformers' after a push, tests/test_models_architectures.py).
+  The worker records which layers share a weight before its first reload; after every reload it
+  ties them again and rebuilds the sharer's post-loading state from the shared weight.
 - a garbage layer is not a transient problem: generating with it wrote NaN into the KV cache
   memory, and later outputs stayed wrong even after correct weights were loaded and the prefix
   cache was reset (observed once in an experiment; restart the engine after such an accident).
@@ -101,9 +109,33 @@ class WeightSyncExtension:
 
     # helpers (injected into the worker too: keep the prefix)
     def _rlhf_state(self) -> dict:
-        if not hasattr(self, "_rlhf_sync_state"):
-            self._rlhf_sync_state = {"version": 0, "loading": None, "held": {}}
+        if not hasattr(self, "_rlhf_sync_state"):  # first use: before any reload, the ties are the engine's own
+            self._rlhf_sync_state = {"version": 0, "loading": None, "held": {}, "tied": self._rlhf_tied_layers()}
         return self._rlhf_sync_state
+
+    def _rlhf_tied_layers(self) -> list[tuple[str, str]]:
+        """(owner, sharer) module names whose `weight` is one Parameter object (tied embeddings):
+        the owner is the first in module order (the input embedding), the sharer the LM head."""
+        owners: dict[int, str] = {}
+        tied = []
+        for name, module in self.model_runner.get_model().named_modules(remove_duplicate=False):
+            weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+            if weight is None:
+                continue
+            if id(weight) in owners and owners[id(weight)] != name:
+                tied.append((owners[id(weight)], name))
+            owners.setdefault(id(weight), name)
+        return tied
+
+    def _rlhf_retie(self) -> None:
+        """Point every sharer's weight at its owner's again (a reload replaced them separately)."""
+        model = self.model_runner.get_model()
+        for owner, sharer in self._rlhf_state()["tied"]:
+            layer = model.get_submodule(sharer)
+            layer.weight = model.get_submodule(owner).weight
+            method = getattr(layer, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(layer)  # on CPU: cpu_linear of the new weight
 
     def _rlhf_ingest(self, tensors: dict[str, torch.Tensor], version: int, final: bool) -> int:
         state = self._rlhf_state()
@@ -121,6 +153,7 @@ class WeightSyncExtension:
         if ready:
             with _quiet_partial_reload_warnings():
                 self.reload_weights(weights_iterator=iter(ready))
+            self._rlhf_retie()
         if final:
             state["loading"], state["held"] = None, {}
             if waiting:
