@@ -25,6 +25,14 @@ ITERATIONS, PROMPTS = 6, 16
 pytestmark = pytest.mark.slow  # end-to-end PPO runs with an actor killed: skipped by `make test-fast`
 
 
+def _wait_for_first_iteration(proc, out: Path) -> None:
+    """Until the run in `out` has logged its first iteration (the actors are all up); the run must not end first."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+
+
 def _actor_pids(sid: int, name: str) -> list[int]:
     """PIDs of this run's Ray actor processes whose title starts with ray::<name> (the run's process session id `sid`)."""
     out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
@@ -42,10 +50,7 @@ def test_a_killed_actor_is_replaced_and_the_run_completes(victim, fault_key, ppo
            "learner.micro_batch_size=4", "eval_prompts=0", "rollout.max_new_tokens=12", "rollout.num_workers=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            time.sleep(0.2)
+        _wait_for_first_iteration(proc, out)
         pids = _actor_pids(proc.pid, victim)
         assert pids, f"no ray::{victim} process under the run"
         os.kill(pids[0], signal.SIGKILL)
@@ -75,10 +80,7 @@ def test_a_lost_learner_rank_stops_the_run_naming_it(ppo_models, tmp_path):
            "learner.micro_batch_size=4", "eval_prompts=0", "rollout.max_new_tokens=12", "save_every=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            time.sleep(0.2)
+        _wait_for_first_iteration(proc, out)
         os.kill(_actor_pids(proc.pid, "PPOLearnerWorker")[0], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=300)
     finally:
@@ -127,10 +129,7 @@ def test_a_rollout_worker_lost_mid_episode_runs_its_episodes_again_from_the_star
     proc = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            time.sleep(0.05)
+        _wait_for_first_iteration(proc, out)
         os.kill(_actor_pids(proc.pid, "RolloutWorker")[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=600)
     finally:

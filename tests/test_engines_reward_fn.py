@@ -104,7 +104,7 @@ def test_a_file_that_fails_to_load_and_a_non_callable_in_a_file(tmp_path, fn_fil
 
 
 def test_a_file_spec_is_made_absolute_for_the_actors(tmp_path, monkeypatch):
-    from rlhf_dist.engines.reward_fn import absolute_spec
+    from rlhf_dist.tasks.base import absolute_spec
 
     monkeypatch.chdir(tmp_path)
     assert absolute_spec("rewards/mine.py:score") == f"{tmp_path.resolve()}/rewards/mine.py:score"

@@ -28,9 +28,10 @@ from rlhf_dist.data.ppo_data import PPOData, load_ppo_data
 from rlhf_dist.engines.episodes import EnvSettings
 from rlhf_dist.engines.ppo import PPOLossConfig
 from rlhf_dist.engines.vllm_rollout import check_engine_can_run
-from rlhf_dist.engines.reward_fn import absolute_spec, load_reward_fn
+from rlhf_dist.engines.reward_fn import load_reward_fn
 from rlhf_dist.models import check_model_dir, load_tokenizer
 from rlhf_dist.runtime import ensure_ray, shared_cores_env
+from rlhf_dist.tasks.base import absolute_spec
 
 
 def ppo_roles(cfg: PPOConfig) -> list[Role]:
@@ -164,8 +165,7 @@ class PPOActors:
         start = time.perf_counter()
         env = shared_cores_env(r.overlap)  # with overlap the roles run at the same time on the same cores
         max_len = cfg.max_prompt_len + (r.max_episode_tokens if cfg.episodes else r.max_new_tokens) + 8
-        episodes = (EnvSettings(self.env_spec, r.env_workers, r.env_timeout_s, r.max_turns, r.max_episode_tokens)
-                    if cfg.episodes else None)
+        episodes = EnvSettings.of(self.env_spec, r) if cfg.episodes else None
         self.rollout = RolloutGroup(cfg.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
                                     max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env,

@@ -158,6 +158,12 @@ class EnvSettings:
     max_turns: int
     max_episode_tokens: int
 
+    @classmethod
+    def of(cls, spec: str, keys) -> "EnvSettings":
+        """From a config section with the episode keys (`RolloutConfig`, `EvalConfig`): env_workers,
+        env_timeout_s, max_turns, max_episode_tokens."""
+        return cls(spec, keys.env_workers, keys.env_timeout_s, keys.max_turns, keys.max_episode_tokens)
+
 
 def final_turn(response_ids: Sequence[int], policy_mask: Sequence[bool]) -> list[int]:
     """The token ids of an episode's last policy turn: its last run of policy tokens (what the

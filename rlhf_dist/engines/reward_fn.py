@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -48,14 +47,6 @@ def load_reward_fn(spec: str) -> BatchFn:
     if not callable(fn):
         raise RewardFnSpecError(f"bad reward_fn spec {spec!r}: {type(fn).__name__} object is not callable")
     return fn
-
-
-def absolute_spec(spec: str) -> str:
-    """`spec` with a file path made absolute, so that actors started elsewhere find the same file."""
-    module_part, sep, attr = spec.rpartition(":")
-    if sep and (module_part.endswith(".py") or "/" in module_part or "\\" in module_part):
-        return f"{Path(module_part).expanduser().resolve()}:{attr}"
-    return spec
 
 
 def gold_reward_fn(task_spec: str) -> BatchFn:

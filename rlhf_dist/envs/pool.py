@@ -14,10 +14,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 
 from rlhf_dist.envs.protocol import EnvSpecError, env_stop, load_env, short_repr
 from rlhf_dist.envs.worker import serve
+from rlhf_dist.tasks.base import absolute_spec
 
 FAILURES = ("env_error", "env_timeout", "env_bad_return", "env_crash")
 
@@ -76,7 +76,7 @@ class EnvPool:
         if workers < 1:
             raise ValueError(f"EnvPool needs at least one worker, got {workers}")
         self.stop: list[str] = env_stop(load_env(spec))  # a clean message before any process starts
-        self.spec = _absolute_spec(spec)
+        self.spec = absolute_spec(spec)
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s)
         self.timeout_setting = timeout_setting  # named in timeout errors, e.g. "rollout.env_timeout_s"
@@ -240,11 +240,3 @@ class EnvPool:
                 worker.kill()
             raise
         return started
-
-
-def _absolute_spec(spec: str) -> str:
-    """A file spec made absolute, so that a worker started later loads the same file."""
-    module_part, sep, attr = spec.rpartition(":")
-    if sep and (module_part.endswith(".py") or "/" in module_part or "\\" in module_part):
-        return f"{Path(module_part).expanduser().resolve()}:{attr}"
-    return spec

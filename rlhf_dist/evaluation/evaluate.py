@@ -312,12 +312,12 @@ def episode_settings(cfg: EvalConfig):
     if not cfg.env.strip():
         return None
     from rlhf_dist.engines.episodes import EnvSettings
-    from rlhf_dist.engines.reward_fn import absolute_spec
     from rlhf_dist.envs import load_env
+    from rlhf_dist.tasks.base import absolute_spec
 
     spec = absolute_spec(cfg.env)
     load_env(spec)
-    return EnvSettings(spec, cfg.env_workers, cfg.env_timeout_s, cfg.max_turns, cfg.max_episode_tokens)
+    return EnvSettings.of(spec, cfg)
 
 
 def _episode_rows(table) -> list[dict]:

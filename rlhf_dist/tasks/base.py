@@ -156,6 +156,15 @@ def resolve_spec(spec: str, what: str, error: type[SpecError] = SpecError) -> ob
     return getattr(module, attr)
 
 
+def absolute_spec(spec: str) -> str:
+    """`spec` with a file path made absolute, so that processes started elsewhere (Ray actors,
+    environment workers) load the same file; a module spec is returned as it is."""
+    module_part, sep, attr = spec.rpartition(":")
+    if sep and (module_part.endswith(".py") or "/" in module_part or "\\" in module_part):
+        return f"{Path(module_part).expanduser().resolve()}:{attr}"
+    return spec
+
+
 def _import(module_part: str, spec: str, what: str, error: type[SpecError]):
     """Import a dotted module name, or load a .py file by path (registered in sys.modules)."""
     if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
