@@ -90,8 +90,10 @@ class LearnerWorker:
         self.kind = spec.kind
         self.pad_id = pad_id
         self.engine = TrainEngine(model, cfg, optim, global_batch, total_steps)
+        self.base_paths = {"engine": spec.path}
         return {"rank": self.rank, "params": sum(p.numel() for p in model.parameters()),
-                "grad_accum": self.engine.grad_accum, "backend": backend}
+                "trainable_params": self.engine.trainable_params(), "grad_accum": self.engine.grad_accum,
+                "backend": backend}
 
     def _init_distributed(self, master_addr: str, master_port: int) -> str:
         import deepspeed
@@ -131,6 +133,11 @@ class LearnerWorker:
         run_micro_batches(objective, self.engine.engine, micro_batches[real:], self.pad_id, 1.0, self.engine.device, None)
         return sums
 
+    def optimizer_state_mb(self) -> float:
+        """This rank's AdamW state (MiB; its ZeRO partition), summed over the engines it holds."""
+        engines = [getattr(self, n, None) for n in ("engine", "policy", "critic")]
+        return sum(e.optimizer_state_bytes() for e in engines if e is not None) / 2**20
+
     def peak_memory_mb(self) -> float:
         """Peak resident memory of this rank's process (MiB; ru_maxrss), or peak CUDA memory on a GPU."""
         import resource
@@ -144,15 +151,22 @@ class LearnerWorker:
     def save_model(self, path: str, tokenizer_path: str | None, which: str = "engine") -> bool:
         """Gather the full weights (from ZeRO-3 shards if need be) and write an HF folder on rank 0.
         `which`: the attribute holding the TrainEngine ("engine"; PPO: "policy" or "critic")."""
+        from rlhf_dist.models.lora import adapter_state, merged_named_tensors, save_adapter
+
         train_engine = getattr(self, which)
-        state = train_engine.full_state_dict()
+        state = train_engine.full_state_dict(merged=False)
         if state is None:
             return False
         model = train_engine.model
         hf = getattr(model, "hf", model)  # ScalarHeadModel keeps the HF model under .hf
-        if hf is not model:
-            state = {k.removeprefix("hf."): v for k, v in state.items()}
+        prefix = "hf." if hf is not model else ""
         Path(path).mkdir(parents=True, exist_ok=True)
+        if train_engine.lora:  # the merged model, plus its adapters as a peft folder (docs/lora.md)
+            c = train_engine.cfg
+            save_adapter(Path(path) / "adapter", adapter_state(state.items(), prefix), c.lora_rank, c.lora_alpha,
+                         c.lora_dropout, c.lora_targets, scalar=bool(prefix), base_model=self.base_paths[which])
+            state = dict(merged_named_tensors(state.items(), train_engine.lora))
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
         hf.save_pretrained(path, state_dict=state)
         if tokenizer_path:
             from rlhf_dist.models import load_tokenizer
@@ -295,6 +309,10 @@ class LearnerGroup:
             padding = most - len(mbs)
             calls.append(w.evaluate.remote(objective, mbs + [[items[0]]] * padding, padding))
         return _sum_over_ranks(self._get(calls))
+
+    def optimizer_state_mb(self) -> list[float]:
+        """Each rank's AdamW state (MiB)."""
+        return self._get([w.optimizer_state_mb.remote() for w in self.workers])
 
     def peak_memory_mb(self) -> list[float]:
         """Each rank's peak memory so far (MiB)."""

@@ -157,6 +157,10 @@ class PPOActors:
                 load_env(self.env_spec)
             check_model_dir(cfg.sft, "sft")  # the rollout engines load it
             check_engine_can_run(cfg.sft, "sft")
+            if cfg.learner.lora_rank:  # peft would fail inside a learner rank: refuse in one line first
+                from rlhf_dist.models.lora import check_lora_targets
+
+                check_lora_targets(cfg.sft, cfg.learner.lora_targets, "learner.lora_targets")
             ensure_ray(cfg.ray_address)
             check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
         except BaseException:

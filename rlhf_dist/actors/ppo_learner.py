@@ -39,7 +39,9 @@ class PPOLearnerWorker(LearnerWorker):
         # critic None: a critic-free estimator (ppo.advantage), no second engine at all
         self.critic = TrainEngine(load_model(critic), cfg, critic_optim, minibatch_size, total_steps) if critic else None
         self.sync = None
+        self.base_paths = {"policy": policy.path, "critic": critic.path if critic else None}
         return {"rank": self.rank, "backend": backend, "grad_accum": self.policy.grad_accum,
+                "policy_trainable_params": self.policy.trainable_params(),
                 "policy_params": sum(p.numel() for p in self.policy.model.parameters()),
                 "critic_params": sum(p.numel() for p in self.critic.model.parameters()) if self.critic else 0}
 

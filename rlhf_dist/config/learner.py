@@ -41,3 +41,11 @@ class LearnerConfig:
     forward_max_tokens: int = param(2048, "PPO: a micro-batch's rows are forwarded in length-sorted groups of at most "
                                           "this many padded tokens, so little padding is computed (0: one forward; "
                                           "ZeRO-3: always one; GPUs: e.g. 16384)", ge=0)
+    # LoRA (Hu et al. 2021) with peft: adapters on the trained model, base weights frozen; only the
+    # adapters (and a reward/value model's head) get gradients, AdamW states and ZeRO partitions.
+    lora_rank: int = param(0, "LoRA rank of the adapters on every model this learner trains (0: full fine-tuning)", ge=0)
+    lora_alpha: float = param(16.0, "LoRA alpha: an adapter's update is scaled by alpha / rank", gt=0)
+    lora_dropout: float = param(0.0, "dropout on the adapters' input (PPO: > 0 makes train-mode log-probs "
+                                     "differ from the rollout's, so the first minibatch's ratio is not 1)", ge=0, lt=1)
+    lora_targets: str | list[str] = param("all-linear", "modules that get adapters: all-linear (every linear layer "
+                                                        "but the LM head) or module names, e.g. [q_proj, v_proj]")

@@ -74,6 +74,10 @@ class TrainEngine:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, optim: OptimConfig, global_batch: int, total_steps: int):
         import deepspeed
 
+        if cfg.lora_rank:
+            from rlhf_dist.models.lora import add_lora
+
+            model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         if cfg.gradient_checkpointing:
             hf = getattr(model, "hf", model)
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -86,6 +90,7 @@ class TrainEngine:
             optimizer = DeepSpeedCPUAdam(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay, adamw_mode=True)
         else:
             optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+        self.base_optimizer = optimizer  # its state holds this rank's AdamW moments (ZeRO: its partition)
         # We step the schedule ourselves, exactly once per optimizer step (at the accumulation
         # boundary), so the learning rate never depends on how the engine counts micro-steps.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -96,6 +101,9 @@ class TrainEngine:
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, optim, global_batch),
         )
         self.model = self.engine.module
+        from rlhf_dist.models.lora import lora_layers
+
+        self.lora = lora_layers(self.model) if cfg.lora_rank else {}
         kernel = attention_kernel(cfg, torch.device(self.engine.device))
         if kernel is not None:
             getattr(self.model, "hf", self.model).set_attn_implementation(kernel)
@@ -118,30 +126,46 @@ class TrainEngine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def named_full_tensors(self):
+    def named_full_tensors(self, merged: bool = True):
         """Yield (name, full tensor on CPU) on rank 0, one parameter at a time; nothing elsewhere.
+        With LoRA, `merged` yields the merged weights under the base model's names (what vLLM and a
+        model folder take; rlhf_dist.models.lora), else the frozen base layers and the adapters apart.
         EVERY rank must iterate to the end, in step (see `iter_full_tensors`)."""
         import torch.distributed as dist
 
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        return iter_full_tensors(self.model, self.cfg.zero_stage == 3, rank)
+        from rlhf_dist.models.lora import merged_named_tensors
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        tensors = iter_full_tensors(self.model, self.cfg.zero_stage == 3, rank)
+        return merged_named_tensors(tensors, self.lora) if self.lora and merged else tensors
+
+    def full_state_dict(self, merged: bool = True) -> dict[str, torch.Tensor] | None:
         """The full (unsharded) state dict on rank 0, None elsewhere. Every rank must call it."""
         import torch.distributed as dist
 
-        state = dict(self.named_full_tensors())
+        state = dict(self.named_full_tensors(merged))
         return state if (not dist.is_initialized() or dist.get_rank() == 0) else None
+
+    def trainable_params(self) -> int:
+        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def optimizer_state_bytes(self) -> int:
+        """Bytes of this rank's AdamW state (its ZeRO partition; 0 before the first step)."""
+        return sum(t.numel() * t.element_size() for state in self.base_optimizer.state.values()
+                   for t in state.values() if torch.is_tensor(t) and t.dim() > 0)
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         """A DeepSpeed (sharded, resumable) checkpoint: weights, optimizer state and our LR
-        schedule's position (DeepSpeed does not own the scheduler). Every rank must call it."""
-        self.engine.save_checkpoint(directory, tag=tag, client_state={"lr_scheduler": self.scheduler.state_dict()})
+        schedule's position (DeepSpeed does not own the scheduler). Every rank must call it.
+        With LoRA the weights saved are the trainable ones only (the adapters, a scalar head): the
+        frozen base is the model folder the run starts from."""
+        self.engine.save_checkpoint(directory, tag=tag, client_state={"lr_scheduler": self.scheduler.state_dict()},
+                                    exclude_frozen_parameters=bool(self.lora))
 
     def load_checkpoint(self, directory: str, tag: str) -> None:
         """Restore what `save_checkpoint` wrote (same ranks, ZeRO stage and config). Every rank must call it."""
         path, client = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
-                                                   load_lr_scheduler_states=False)
+                                                   load_lr_scheduler_states=False, load_module_strict=not self.lora)
         if path is None:
             raise FileNotFoundError(f"{directory}/{tag}: no DeepSpeed checkpoint to load")
         self.scheduler.load_state_dict(client["lr_scheduler"])
