@@ -12,7 +12,8 @@ Run folder layout (every training command):
     checkpoints/       DeepSpeed checkpoints every `save_every` steps
     model/             the final model in Hugging Face format (+ tokenizer)
     summary.json       the command's headline numbers and wall time
-    wandb/, wandb_run_id, mlflow_run_id   with log.wandb / log.mlflow_uri (rlhf_dist/trackers.py)
+    wandb/, wandb_run_id, mlflow_run_id   with log.wandb / log.mlflow_uri (rlhf_dist/trackers.py), and
+                       log.mlflow_uri's folder when it lies in the run folder
 """
 
 from __future__ import annotations

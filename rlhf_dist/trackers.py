@@ -10,7 +10,8 @@ wandb and mlflow are imported only when enabled.
 Resume (`resume=auto`): the tracker run id is kept in the run folder (`mlflow_run_id`,
 `wandb_run_id`) and a resumed run logs into the same tracker run. Records logged after the
 checkpoint and before the stop stay there: MLflow shows those steps twice, W&B keeps the first
-values (it ignores steps at or below the last one it has).
+values (it ignores steps at or below the last one it has). `overwrite=true` removes those files,
+`out/wandb/` and an MLflow folder inside the run folder (`RUN_FOLDER_FILES`, `mlflow_store_in`).
 """
 
 from __future__ import annotations
@@ -150,6 +151,24 @@ class WandbTracker:
 
     def end(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+# What the trackers write into a run folder, whichever are on: W&B's own folder (`wandb.init(dir=out)`
+# puts the run under out/wandb/) and the tracker run ids a resumed run continues. Run folders list
+# them with their artifacts, so `overwrite=true` removes them (rlhf_dist/recipes/train_stage.py, ppo_checkpoint.py).
+RUN_FOLDER_FILES = ("wandb", "wandb_run_id", "mlflow_run_id")
+
+
+def mlflow_store_in(cfg, out: str | Path) -> tuple[str, ...]:
+    """The MLflow store that `cfg.mlflow_uri` (a LogConfig's) keeps inside the run folder `out`, as
+    paths relative to it: the folder itself when it lies below `out`, or the store's files
+    (`mlflow.db`, `artifacts`) when it is `out`; () for a server, an SQLite URI or a folder elsewhere."""
+    if not cfg.mlflow_uri or ":" in cfg.mlflow_uri:  # the same test as MLflowTracker's
+        return ()
+    folder, out = Path(cfg.mlflow_uri).resolve(), Path(out).resolve()
+    if folder == out:
+        return ("mlflow.db", "artifacts")
+    return (str(folder.relative_to(out)),) if folder.is_relative_to(out) else ()
 
 
 def make_trackers(cfg, out: str | Path, config: dict) -> list:

@@ -1,6 +1,8 @@
 """Experiment trackers (rlhf_dist/trackers.py) through RunLog: what a run writes is what MLflow (a
 real tracking server, and a local folder) and an offline W&B run read back; a tracker that fails
-mid-run is dropped with one warning and the local log keeps every record; the `log.*` keys."""
+mid-run is dropped with one warning and the local log keeps every record; the `log.*` keys; a
+stage's own summary numbers (added after training) reach the tracker; `overwrite=true` removes
+what the trackers wrote in the run folder."""
 
 from __future__ import annotations
 
@@ -251,3 +253,98 @@ def test_no_tracker_library_is_imported_when_off(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+class FakeLearnerGroup:
+    """Stands in for the learner group (Ray, DeepSpeed) in `run_stage`: constant rm metrics and a
+    saved model folder (the init's config), so a stage's summary path runs in seconds."""
+
+    def __init__(self, spec, cfg, optim, global_batch, total_steps, pad_id):
+        self.init, self.grad_accum = spec.path, 1
+        self.info = [{"params": 1, "trainable_params": 1}]
+
+    def train_step(self, objective, items):
+        return {**self.evaluate(objective, items), "lr": 1e-3}
+
+    def evaluate(self, objective, items):
+        n = float(len(items))
+        return {"loss_sum": 0.5 * n, "prompts": n, "correct_pairs": 0.75 * n, "pairs": n, "reward_sum": 0.25 * 2 * n,
+                "reward_sq_sum": 1.0 * 2 * n, "responses": 2 * n}
+
+    def save_model(self, path, tokenizer_path=None):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "config.json").write_text((Path(self.init) / "config.json").read_text())
+
+    def peak_memory_mb(self):
+        return [1.0]
+
+    def optimizer_state_mb(self):
+        return [1.0]
+
+    def shutdown(self):
+        pass
+
+
+def test_a_stage_summary_reaches_mlflow_with_the_stage_own_numbers(ppo_models, tmp_path, monkeypatch):
+    """rm adds the RM's bias and the labeler's ceiling after training: MLflow gets them as summary
+    metrics and in summary.json; an error while adding them ends the tracker run FAILED."""
+    import rlhf_dist.actors.learner_group as learner_group
+    import rlhf_dist.actors.resources as resources
+    import rlhf_dist.recipes.train_stage as train_stage
+    from mlflow.tracking import MlflowClient
+
+    from rlhf_dist.config.stages import RMConfig
+    from rlhf_dist.recipes.stages import rm
+
+    monkeypatch.setattr(learner_group, "LearnerGroup", FakeLearnerGroup)
+    monkeypatch.setattr(resources, "check_resources", lambda roles: None)
+    monkeypatch.setattr(train_stage, "ensure_ray", lambda address: None)
+    sft, _, data = ppo_models
+    log_cfg = LogConfig(mlflow_uri=str(tmp_path / "mlruns"), mlflow_experiment="trk-stage")
+    out = tmp_path / "rm"
+    summary = rm(RMConfig(out=str(out), init=sft, data=data, batch_size=4, log=log_cfg))
+    assert summary["reward_bias"] == 0.25 and 0 <= summary["labeler_ceiling"] <= 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["summary/reward_bias"] == 0.25
+    assert run.data.metrics["summary/labeler_ceiling"] == pytest.approx(summary["labeler_ceiling"])
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_text())
+    assert logged["labeler_ceiling"] == summary["labeler_ceiling"] and logged == json.loads((out / "summary.json").read_text())
+
+    def fail(summary):
+        raise RuntimeError("sampling failed")
+
+    out = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        train_stage.run_stage(RMConfig(out=str(out), init=sft, batch_size=4, log=log_cfg), "rm", "scalar_from_lm",
+                              [None] * 8, [None] * 4, 0, lambda sums: {"loss": 0.0}, add_to_summary=fail)
+    assert client.get_run((out / "mlflow_run_id").read_text().strip()).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("command, store", [("stage", "mlruns"), ("ppo", ".")])
+def test_overwrite_removes_what_the_trackers_wrote(tmp_path, monkeypatch, command, store):
+    """Everything the trackers wrote in the run folder (W&B's folder, the run-id files, an MLflow
+    folder under it or the MLflow store in the folder itself) goes with overwrite=true; the user's
+    own file stays."""
+    import importlib.util
+
+    from rlhf_dist.config.ppo import PPOConfig
+    from rlhf_dist.recipes.ppo_checkpoint import prepare_ppo_folder
+    from rlhf_dist.recipes.train_stage import prepare_stage_folder
+
+    if importlib.util.find_spec("wandb"):
+        monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    log_cfg = LogConfig(mlflow_uri=str(out / store), mlflow_experiment="trk-test",
+                        wandb=importlib.util.find_spec("wandb") is not None)
+    write_run(out, log_cfg, report=False)
+    (out / "notes.txt").write_text("mine")
+    written = {p.name for p in out.iterdir()}
+    assert {"mlflow_run_id", "notes.txt"} | ({"wandb", "wandb_run_id"} if log_cfg.wandb else set()) <= written
+    assert (out / store / "mlflow.db").is_file()
+    if command == "stage":
+        assert prepare_stage_folder(SFTConfig(out=str(out), overwrite=True, log=log_cfg)) is False
+    else:
+        assert prepare_ppo_folder(PPOConfig(out=str(out), overwrite=True, log=log_cfg)) is False
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*")] == ["notes.txt"]

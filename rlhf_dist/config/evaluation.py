@@ -15,7 +15,8 @@ class EvalConfig:
     baseline: str = param("sft", "the model win rates and KL are measured against (a key of models)")
     reward_model: str = param("", "RM folder for proxy scores and RM accuracy (empty: skip both)")
     data: str = param("", "task-data folder (eval_prompts.jsonl, pretrain_heldout.jsonl, comparisons_heldout.jsonl)")
-    prompts_file: str = param("", "held-out prompts (default: DATA/eval_prompts.jsonl)")
+    prompts_file: str = param("", "held-out prompts (default: DATA/eval_prompts.jsonl); each file may also be "
+                                  "Parquet or a dataset folder (FOLDER#SPLIT), as ppo's prompts_file")
     pretrain_file: str = param("", "held-out pretraining texts (default: DATA/pretrain_heldout.jsonl)")
     comparisons_file: str = param("", "held-out rankings (default: DATA/comparisons_heldout.jsonl)")
     task: str = param(DEFAULT_TASK, "task whose gold scorer is the labeler (module:attr)")

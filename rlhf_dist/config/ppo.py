@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rlhf_dist.config.data_columns import DataColumnsConfig
 from rlhf_dist.config.fields import DEFAULT_TASK, param
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 from rlhf_dist.config.logging import LogConfig
@@ -118,10 +119,15 @@ class PPOConfig:
     task: str = param(DEFAULT_TASK, "task whose gold scorer grades samples (monitoring; the reward function with "
                                      "reward_source=gold)")
     data: str = param("", "task-data folder (rl_prompts.jsonl, eval_prompts.jsonl, pretrain.jsonl)")
-    prompts_file: str = param("", "RL prompts {prompt} (default: data/rl_prompts.jsonl)")
-    eval_prompts_file: str = param("", "held-out prompts (default: data/eval_prompts.jsonl)")
+    prompts_file: str = param("", "RL prompts {prompt} or {messages} (default: data/rl_prompts.jsonl): JSONL, "
+                                  "Parquet, or a folder of Parquet shards or from datasets' save_to_disk "
+                                  "(FOLDER#SPLIT picks a split; default train)")
+    eval_prompts_file: str = param("", "held-out prompts, as prompts_file (default: data/eval_prompts.jsonl)")
     ptx_file: str = param("", "ptx data (default: data/pretrain.jsonl): pretraining texts {text} and/or "
-                              "demonstrations {prompt, response}; several files: comma-separated")
+                              "demonstrations {prompt, response}, files or dataset folders; several: comma-separated")
+    columns: DataColumnsConfig = param(DataColumnsConfig(), "the data files' column names, where not the standard "
+                                                            "ones: columns.prompt and columns.messages (prompt files), "
+                                                            "columns.text (ptx_file)")
     sft: str = param("", "SFT model folder: the policy's start and the frozen reference")
     reward_model: str = param("", "reward model folder (frozen; with reward_source=fn or gold only the critic's start)")
     reward_source: Literal["rm", "fn", "rm+fn", "gold", "env"] = param(
@@ -162,6 +168,10 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError("missing --out DIR")
+        unread = [f"columns.{name}" for name in ("response", "chosen", "rejected") if getattr(self.columns, name)]
+        if unread:  # a key that maps nothing must not look as if it did
+            raise ValueError(f"{', '.join(unread)}: ppo reads prompts (columns.prompt, columns.messages) and ptx "
+                             "texts (columns.text), not demonstrations or comparisons")
         self._check_reward()
         p = self.ppo
         if p.advantage in ("grpo", "grpo_mean", "rloo") and self.rollout.samples_per_prompt < 2:

@@ -1,7 +1,7 @@
 """The data layer: read data files, format and tokenise them within length budgets, collate padded
 batches, and split them into seeded minibatches and per-rank shards.
 
-    load_sft / load_comparisons / load_prompts / load_texts / load_lm_data   (readers.py; DataError on bad files)
+    load_sft / load_comparisons / load_prompts / load_texts / load_lm_data, source_exists  (readers.py; DataError)
     format_prompt, encode_response, tokenize_sft / tokenize_comparisons / tokenize_prompts / tokenize_texts /
     tokenize_demonstrations
     collate_sft, collate_lm, pack_lm, collate_comparisons, token counts                        (collate.py)
@@ -49,6 +49,7 @@ from rlhf_dist.data.readers import (
     load_sft,
     load_lm_data,
     load_texts,
+    source_exists,
 )
 from rlhf_dist.data.sampling import PromptSampler, PtxSampler, epoch_permutation, minibatches, shard, split_eval
 
@@ -84,6 +85,7 @@ __all__ = [
     "ranked_prompt_count",
     "sft_token_count",
     "shard",
+    "source_exists",
     "split_eval",
     "token_count",
     "tokenize_comparisons",

@@ -128,6 +128,12 @@ def _split_suffix(path: str | Path) -> tuple[Path, str | None]:
     return Path(text), None
 
 
+def source_exists(path: str | Path) -> bool:
+    """True when `path` names a data file or folder that exists (`FOLDER#SPLIT`: the folder; the
+    split itself is checked when the data is read)."""
+    return _split_suffix(path)[0].exists()
+
+
 _SHARD_NAME = re.compile(r"^(?P<split>.+?)-\d+-of-\d+$")  # the hub's train-00000-of-00002
 
 

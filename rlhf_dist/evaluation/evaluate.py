@@ -127,7 +127,8 @@ def resolve_inputs(cfg: EvalConfig) -> EvalInputs:
     One tokenizer for all models and the RM: the KL compares log-probs of the same token ids,
     and the RM scores the policy's token ids (as in PPO), so they must share a vocabulary.
     """
-    from rlhf_dist.data import format_prompts, load_comparisons, load_prompts, load_texts, tokenize_comparisons, tokenize_texts
+    from rlhf_dist.data import (format_prompts, load_comparisons, load_prompts, load_texts, source_exists,
+                                tokenize_comparisons, tokenize_texts)
     from rlhf_dist.models import check_model_dir, load_tokenizer
     from rlhf_dist.tasks.base import load_task
 
@@ -145,22 +146,22 @@ def resolve_inputs(cfg: EvalConfig) -> EvalInputs:
     prompts_file = _file(cfg, "prompts_file", "eval_prompts.jsonl")
     if prompts_file is None:
         raise ValueError("give data=DIR (a task-data folder) or prompts_file=FILE")
-    if not prompts_file.is_file():
-        raise FileNotFoundError(f"prompts_file={prompts_file}: no such file")
+    if not source_exists(prompts_file):
+        raise FileNotFoundError(f"prompts_file={prompts_file}: no such file or folder")
     prompts = load_prompts(prompts_file)[: cfg.prompts]
 
     pretrain_seqs: list = []
     if cfg.pretrain_texts:
         pretrain_file = _file(cfg, "pretrain_file", "pretrain_heldout.jsonl")
-        if pretrain_file is None or not pretrain_file.is_file():
+        if pretrain_file is None or not source_exists(pretrain_file):
             raise FileNotFoundError(f"pretrain_file={pretrain_file}: no held-out pretraining texts (pretrain_texts=0 skips the NLL)")
         pretrain_seqs, _ = tokenize_texts(load_texts(pretrain_file)[: cfg.pretrain_texts], tok, cfg.pretrain_max_len)
 
     comparisons, items = [], []
     comparisons_file = _file(cfg, "comparisons_file", "comparisons_heldout.jsonl")
-    if cfg.reward_model and (comparisons_file is None or not comparisons_file.is_file()):
+    if cfg.reward_model and (comparisons_file is None or not source_exists(comparisons_file)):
         raise FileNotFoundError(f"comparisons_file={comparisons_file}: the RM accuracy needs held-out rankings")
-    if comparisons_file is not None and comparisons_file.is_file():
+    if comparisons_file is not None and source_exists(comparisons_file):
         comparisons = load_comparisons(comparisons_file)
         if cfg.reward_model:
             # One at a time, so we know which comparisons a too-long response drops: the labeler's

@@ -36,12 +36,12 @@ def train_ppo(cfg: PPOConfig) -> dict:
     from rlhf_dist.data import PromptSampler, PtxSampler, minibatches
     from rlhf_dist.recipes import ppo_checkpoint as checkpoint
     from rlhf_dist.recipes.ppo_models import find_or_build_models
-    from rlhf_dist.runtime import RunLog, Timer, prepare_run_folder, write_json
+    from rlhf_dist.runtime import RunLog, Timer, write_json
     from rlhf_dist.tasks.base import load_task
     from rlhf_dist.trackers import make_trackers
 
     start, out = time.perf_counter(), Path(cfg.out)
-    resuming = prepare_run_folder(out, cfg.resume, cfg.overwrite, checkpoint.RUN_ARTIFACTS)  # before anything is written
+    resuming = checkpoint.prepare_ppo_folder(cfg)  # before anything is written
     cfg = find_or_build_models(cfg)  # sft=, reward_model= and data= filled in
     task, p = load_task(cfg.task), cfg.ppo
     actors = PPOActors(cfg)  # every role started; the data is read while the engines start
@@ -105,7 +105,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         if cfg.eval_prompts:
             evals["ppo"] = evaluate(actors, task, cfg, out, log, cfg.iterations, "ppo")
         actors.learner.save(out / "model", out / "critic", cfg.sft)
-        peak_mb = actors.learner.peak_memory_mb()
+        peak_mb, optimizer_mb = actors.learner.peak_memory_mb(), actors.learner.optimizer_state_mb()
     finally:
         if bar is not None:
             bar.close()  # an error's line starts on a line of its own
@@ -113,7 +113,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
         if log is not None:
             log.close()
     summary = {"iterations": cfg.iterations, "wall_time_s": time.perf_counter() - start, "eval": evals,
-               "learner_peak_memory_mb": peak_mb, "model": str(out / "model"),
+               "learner_peak_memory_mb": peak_mb, "learner_optimizer_state_mb": optimizer_mb,
+               "policy_trainable_params": actors.learner.info[0]["policy_trainable_params"], "model": str(out / "model"),
                "critic": str(out / "critic") if cfg.has_critic else None, "sft": cfg.sft,
                "reward_model": cfg.reward_model if cfg.reward_uses_rm else "", "config": config_to_dict(cfg)}
     write_json(out / "summary.json", summary)

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_dist.runtime import latest_checkpoint, new_checkpoint
+from rlhf_dist.runtime import latest_checkpoint, new_checkpoint, prepare_run_folder
+from rlhf_dist.trackers import RUN_FOLDER_FILES, mlflow_store_in
 
-# Everything a PPO run writes into its folder (what `overwrite=true` removes).
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "tb", "trajectories", "checkpoints", "model", "critic")
+# Everything a PPO run writes into its folder (what `overwrite=true` removes), the trackers' files included.
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "tb", "trajectories", "checkpoints", "model", "critic",
+                 *RUN_FOLDER_FILES)
 TAG = "state"  # the DeepSpeed tag inside each engine's folder
+
+
+def prepare_ppo_folder(cfg) -> bool:
+    """Refuse, resume or overwrite `cfg.out` (a PPOConfig's) before the run writes anything; True
+    when resuming. An MLflow folder inside `cfg.out` (log.mlflow_uri) counts as part of the run."""
+    return prepare_run_folder(cfg.out, cfg.resume, cfg.overwrite, RUN_ARTIFACTS + mlflow_store_in(cfg.log, cfg.out))
 
 
 def save(out: Path, iteration: int, learner, kl_ctl, score_stats, ptx, evals: dict, keep: int) -> None:

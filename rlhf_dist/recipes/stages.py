@@ -95,22 +95,26 @@ def sft(cfg: SFTConfig) -> dict:
         held, _ = tokenize_sft(load_sft(eval_file, cfg.columns), tok, cfg.max_len, cfg.max_prompt_len, cfg.truncation)
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
-    summary = run_stage(cfg, "sft", "causal_lm", items, held, tok.pad_token_id, _lm_summary, resuming)
-    summary["data_stats"] = stats
-    if task is not None:
+
+    def add_to_summary(summary: dict) -> None:
+        summary["data_stats"] = stats
+        if task is None:
+            return
         prompts_file = Path(cfg.data) / "eval_prompts.jsonl" if cfg.data else None
         if prompts_file is None or not prompts_file.exists():
             print("   (no eval_prompts.jsonl: gold comparison skipped)")
-        else:
-            prompts = load_prompts(prompts_file)[: cfg.gold_prompts]
-            models = {"init": cfg.init, "sft": str(Path(cfg.out) / "model")}
-            for name, result in gold_of_samples(models, prompts, task, cfg.gold_temperature, cfg.max_new_tokens,
-                                                cfg.seed).items():
-                summary[f"gold/{name}"] = result["gold_mean"]
-                summary[f"eos_rate/{name}"] = result["eos_rate"]
-                Path(cfg.out, f"samples_{name}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in result["samples"]))
-            print(f"   mean gold of samples on {len(prompts)} held-out prompts (T={cfg.gold_temperature}): "
-                  f"init {summary['gold/init']:.3f} -> SFT {summary['gold/sft']:.3f}")
+            return
+        prompts = load_prompts(prompts_file)[: cfg.gold_prompts]
+        models = {"init": cfg.init, "sft": str(Path(cfg.out) / "model")}
+        for name, result in gold_of_samples(models, prompts, task, cfg.gold_temperature, cfg.max_new_tokens,
+                                            cfg.seed).items():
+            summary[f"gold/{name}"] = result["gold_mean"]
+            summary[f"eos_rate/{name}"] = result["eos_rate"]
+            Path(cfg.out, f"samples_{name}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in result["samples"]))
+        print(f"   mean gold of samples on {len(prompts)} held-out prompts (T={cfg.gold_temperature}): "
+              f"init {summary['gold/init']:.3f} -> SFT {summary['gold/sft']:.3f}")
+
+    summary = run_stage(cfg, "sft", "causal_lm", items, held, tok.pad_token_id, _lm_summary, resuming, add_to_summary)
     _write_summary(cfg.out, summary)
     return summary
 
@@ -145,18 +149,21 @@ def rm(cfg: RMConfig) -> dict:
     else:
         items, held = split_eval(items, cfg.eval_fraction, cfg.seed)
         held_comparisons = None
-    summary = run_stage(cfg, "rm", "scalar_from_lm", items, held, tok.pad_token_id, _rm_summary, resuming)
-    # Normalise: shift rewards so the held-out responses (demonstrator-quality samples) score 0 on
-    # average (InstructGPT 3.5; N+ detail 15). The ranking loss is unchanged by the shift.
-    config_path = Path(cfg.out) / "model" / "config.json"
-    model_config = json.loads(config_path.read_text())
-    model_config["reward_bias"] = summary["eval/reward_mean"]
-    config_path.write_text(json.dumps(model_config, indent=2))
-    summary["reward_bias"] = summary["eval/reward_mean"]
-    if held_comparisons is not None:
-        summary["labeler_ceiling"] = labeler_ceiling(held_comparisons, task)
-        print(f"   held-out pairwise accuracy {summary['eval/accuracy']:.3f}; the gold scorer itself agrees with "
-              f"the labels on {summary['labeler_ceiling']:.3f} of the same pairs (the ceiling)")
+
+    def add_to_summary(summary: dict) -> None:
+        # Normalise: shift rewards so the held-out responses (demonstrator-quality samples) score 0 on
+        # average (InstructGPT 3.5; N+ detail 15). The ranking loss is unchanged by the shift.
+        config_path = Path(cfg.out) / "model" / "config.json"
+        model_config = json.loads(config_path.read_text())
+        model_config["reward_bias"] = summary["eval/reward_mean"]
+        config_path.write_text(json.dumps(model_config, indent=2))
+        summary["reward_bias"] = summary["eval/reward_mean"]
+        if held_comparisons is not None:
+            summary["labeler_ceiling"] = labeler_ceiling(held_comparisons, task)
+            print(f"   held-out pairwise accuracy {summary['eval/accuracy']:.3f}; the gold scorer itself agrees with "
+                  f"the labels on {summary['labeler_ceiling']:.3f} of the same pairs (the ceiling)")
+
+    summary = run_stage(cfg, "rm", "scalar_from_lm", items, held, tok.pad_token_id, _rm_summary, resuming, add_to_summary)
     _write_summary(cfg.out, summary)
     return summary
 
@@ -213,8 +220,8 @@ def dpo(cfg: DPOConfig) -> dict:
                    for part, part_logps in ((items, logps[: len(items)]), (held, logps[len(items):])))
     print(f"   reference log-probs of {sum(len(it.ranks) for it in items + held)} responses under {ref} "
           f"({lr.num_ranks} rank(s)): {time.perf_counter() - start:.1f} s", flush=True)
-    summary = run_stage(cfg, dpo_objective(cfg.beta), "causal_lm", items, held, tok.pad_token_id, _dpo_summary, resuming)
-    summary.update({"ref": ref, "beta": cfg.beta, "data_stats": stats})
+    summary = run_stage(cfg, dpo_objective(cfg.beta), "causal_lm", items, held, tok.pad_token_id, _dpo_summary, resuming,
+                        lambda summary: summary.update({"ref": ref, "beta": cfg.beta, "data_stats": stats}))
     _write_summary(cfg.out, summary)
     return summary
 

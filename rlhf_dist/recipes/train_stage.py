@@ -12,27 +12,32 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 from rlhf_dist.config import config_to_dict, save_config
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.runtime import RunLog, ensure_ray, latest_checkpoint, new_checkpoint, prepare_run_folder
-from rlhf_dist.trackers import make_trackers
+from rlhf_dist.trackers import RUN_FOLDER_FILES, make_trackers, mlflow_store_in
 
-# Everything a stage writes into its folder (what `overwrite=true` removes).
+# Everything a stage writes into its folder (what `overwrite=true` removes), the trackers' files included.
 STAGE_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "tb", "checkpoints", "model", "init",
-                   "samples_init.jsonl", "samples_sft.jsonl")
+                   "samples_init.jsonl", "samples_sft.jsonl", *RUN_FOLDER_FILES)
 
 
 def prepare_stage_folder(cfg: StageConfig) -> bool:
-    """Refuse, resume or overwrite `cfg.out` before the stage writes anything; True when resuming."""
-    return prepare_run_folder(cfg.out, cfg.resume, cfg.overwrite, STAGE_ARTIFACTS)
+    """Refuse, resume or overwrite `cfg.out` before the stage writes anything; True when resuming.
+    An MLflow folder inside `cfg.out` (log.mlflow_uri) counts as part of the run."""
+    return prepare_run_folder(cfg.out, cfg.resume, cfg.overwrite, STAGE_ARTIFACTS + mlflow_store_in(cfg.log, cfg.out))
 
 
 def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: list, eval_items: list,
-              pad_id: int, summarize_eval, resuming: bool = False) -> dict:
+              pad_id: int, summarize_eval, resuming: bool = False,
+              add_to_summary: Callable[[dict], None] | None = None) -> dict:
     """Train `objective` on `train_items`; returns the summary. `summarize_eval(sums) -> dict` turns
     the summed evaluation metrics into named numbers (e.g. loss, accuracy). `resuming`: continue
-    from the newest complete checkpoint in `cfg.out` (`prepare_stage_folder`)."""
+    from the newest complete checkpoint in `cfg.out` (`prepare_stage_folder`). `add_to_summary(summary)`:
+    the stage's own results (gold of samples, the RM's bias, ...), added in place once the learner
+    group has stopped and before the trackers get the summary."""
     from tqdm import tqdm
 
     from rlhf_dist.actors.learner_group import LearnerGroup, ModelSpec
@@ -47,11 +52,16 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
     ensure_ray(cfg.ray_address)
     lr = cfg.learner
     check_resources([Role("learner rank", lr.num_ranks, lr.cpus_per_rank, lr.gpus_per_rank)])  # before anything is written
+    if lr.lora_rank:  # peft would fail inside a rank: refuse in one line first
+        from rlhf_dist.models.lora import check_lora_targets
+
+        check_lora_targets(cfg.init, lr.lora_targets, "learner.lora_targets", scalar=model_kind != "causal_lm")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
     group = LearnerGroup(ModelSpec(cfg.init, model_kind, cfg.seed), cfg.learner, cfg.optim, cfg.batch_size, total_steps, pad_id)
-    print(f"   {cfg.learner.num_ranks} learner rank(s), ZeRO-{cfg.learner.zero_stage}, {group.info[0]['params']:,} parameters on rank 0, "
+    print(f"   {cfg.learner.num_ranks} learner rank(s), ZeRO-{cfg.learner.zero_stage}, {group.info[0]['params']:,} parameters on rank 0 "
+          f"({group.info[0]['trainable_params']:,} trained{', LoRA rank %d' % lr.lora_rank if lr.lora_rank else ''}), "
           f"global batch {cfg.batch_size} = {cfg.learner.micro_batch_size} x {group.grad_accum} accum x {cfg.learner.num_ranks} ranks, "
           f"{total_steps} steps ({cfg.epochs:g} epochs of {len(train_items)} items); set-up {time.perf_counter() - start:.1f} s", flush=True)
     found = latest_checkpoint(out / "checkpoints") if resuming else None
@@ -103,11 +113,18 @@ def run_stage(cfg: StageConfig, objective: str, model_kind: str, train_items: li
         bar.close()
         evaluate(step)
         group.save_model(out / "model", tokenizer_path=cfg.init)
-        peak_mb = group.peak_memory_mb()
+        peak_mb, optimizer_mb = group.peak_memory_mb(), group.optimizer_state_mb()
     finally:
         group.shutdown()
         log.close()
     summary = {"steps": step, "wall_time_s": time.perf_counter() - start, **last_eval, "model": str(out / "model"),
-               "learner_peak_memory_mb": peak_mb, "config": config_to_dict(cfg)}
+               "learner_peak_memory_mb": peak_mb, "learner_optimizer_state_mb": optimizer_mb,
+               "trainable_params": group.info[0]["trainable_params"], "config": config_to_dict(cfg)}
+    try:
+        if add_to_summary is not None:
+            add_to_summary(summary)
+    except BaseException:
+        log.close()  # again, with the error on its way out: the trackers end FAILED (KILLED for Ctrl-C)
+        raise
     log.finish(summary, [out / "report.html"])
     return summary
