@@ -136,11 +136,11 @@ def check_lora_targets(path: str | Path, targets: str | list[str], key: str, sca
     """Raise ValueError naming `key` when a module name in `targets` matches no linear layer of the
     model at `path` (peft would fail inside a learner rank). The model is built on the meta device:
     no weights are read."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
     names = target_modules(targets)
     if names == ALL_LINEAR:
         return
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
     if not names:
         raise ValueError(f"{key}: no module names")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
