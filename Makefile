@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/rlhf-dist quickstart --config configs/quickstart.yaml
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow" -x

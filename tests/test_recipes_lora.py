@@ -35,12 +35,6 @@ ITERATIONS = 4
 pytestmark = pytest.mark.slow  # whole command runs
 
 
-def _run(*args, timeout=600):
-    res = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert res.returncode == 0, f"{args[0]} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
-
-
 def _weights(folder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -61,17 +55,29 @@ def _only_adapted_layers_moved(start: dict, trained: dict, head: str | None = No
     assert len(moved) == len(adapted), f"unchanged adapted layers: {sorted(set(adapted) - set(moved))[:3]}"
 
 
+def _cli(*args) -> None:
+    from rlhf_dist import cli
+
+    assert cli.main([str(a) for a in args]) == 0, f"rlhf-dist {args[0]} failed"
+
+
 @pytest.fixture(scope="module")
-def stages(ppo_models, tmp_path_factory):
+def stages(ppo_models, tmp_path_factory, ray_local):
+    """sft, rm and dpo with adapters, in this process, on the module's Ray instance (`rlhf-dist`
+    stops Ray after each command; starting one per command costs seconds each)."""
+    from rlhf_dist import cli
+
     sft, rm, data = ppo_models
     root = tmp_path_factory.mktemp("lora_stages")
     common = ["learner.cpus_per_rank=1", "log_every=1", "eval_every=0", *LORA]
-    _run("sft", "--out", root / "sft", f"data={data}", f"init={sft}", "batch_size=16", "epochs=2",
-         "learner.micro_batch_size=8", "optim.lr=1e-2", "gold_prompts=0", *common)
-    _run("rm", "--out", root / "rm", f"data={data}", f"init={sft}", "batch_size=4", "epochs=1",
-         "learner.micro_batch_size=4", "optim.lr=1e-2", *common)
-    _run("dpo", "--out", root / "dpo", f"data={data}", f"init={sft}", "batch_size=4", "epochs=1",
-         "learner.micro_batch_size=4", "optim.lr=1e-2", *common)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "_stop_local_ray", lambda: None)
+        _cli("sft", "--out", root / "sft", f"data={data}", f"init={sft}", "batch_size=16", "epochs=2",
+             "learner.micro_batch_size=8", "optim.lr=1e-2", "gold_prompts=0", *common)
+        _cli("rm", "--out", root / "rm", f"data={data}", f"init={sft}", "batch_size=4", "epochs=1",
+             "learner.micro_batch_size=4", "optim.lr=1e-2", *common)
+        _cli("dpo", "--out", root / "dpo", f"data={data}", f"init={sft}", "batch_size=4", "epochs=1",
+             "learner.micro_batch_size=4", "optim.lr=1e-2", *common)
     return root
 
 

@@ -91,7 +91,7 @@ class LearnerWorker:
         self.pad_id = pad_id
         self.engine = TrainEngine(model, cfg, optim, global_batch, total_steps)
         self.base_paths = {"engine": spec.path}
-        return {"rank": self.rank, "params": sum(p.numel() for p in model.parameters()),
+        return {"rank": self.rank, "params": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
                 "trainable_params": self.engine.trainable_params(), "grad_accum": self.engine.grad_accum,
                 "backend": backend}
 
