@@ -141,6 +141,12 @@ class PPOActors:
         self._pending: Future | None = None
         # Reading the data is Python (the tokenizer's import is most of it); Ray's start is
         # mostly waiting on its processes, so the two overlap on one core.
+        if cfg.learner.lora_rank:  # peft would fail inside a learner rank: refuse in one line first (before the
+            # data thread starts: it imports transformers too, and two threads importing it at once can fail)
+            from rlhf_dist.models.lora import check_lora_targets
+
+            check_model_dir(cfg.sft, "sft")
+            check_lora_targets(cfg.sft, cfg.learner.lora_targets, "learner.lora_targets")
         data = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-data").submit(
             lambda: load_ppo_data(cfg, check_models(cfg)))
         r = cfg.rollout
@@ -157,10 +163,6 @@ class PPOActors:
                 load_env(self.env_spec)
             check_model_dir(cfg.sft, "sft")  # the rollout engines load it
             check_engine_can_run(cfg.sft, "sft")
-            if cfg.learner.lora_rank:  # peft would fail inside a learner rank: refuse in one line first
-                from rlhf_dist.models.lora import check_lora_targets
-
-                check_lora_targets(cfg.sft, cfg.learner.lora_targets, "learner.lora_targets")
             ensure_ray(cfg.ray_address)
             check_resources(ppo_roles(cfg))  # an impossible request fails here, before any actor starts
         except BaseException:
@@ -173,7 +175,8 @@ class PPOActors:
         self.rollout = RolloutGroup(cfg.sft, r.num_workers, cfg.seed, max(256, max_len), r.cpus_per_worker,
                                     r.gpus_per_worker, r.dtype, r.tensor_parallel_size, r.gpu_memory_utilization,
                                     max_restarts=cfg.max_restarts, wait=False, threads=r.threads, env=env,
-                                    episodes=episodes)  # engines start meanwhile
+                                    episodes=episodes,  # engines start meanwhile
+                                    lora_rank=cfg.learner.lora_rank if r.lora_sync == "adapter" else 0)
         try:
             self._start_others(cfg, data.result(), fn_spec, env, start)
         except BaseException:
@@ -213,10 +216,10 @@ class PPOActors:
                                        PPOLossConfig.from_config(p, r.temperature, ptx=bool(data.ptx), learner=cfg.learner),
                                        env=env)
         self.rollout.wait_ready()
-        # A replaced rollout worker gets the learner's current weights (the version is checked on arrival).
+        # A replaced rollout worker gets the learner's current weights or adapter (the version is checked on arrival).
         self.version = 0
         self.rollout.load_weights = lambda worker: self.learner.push_weights(
-            [worker], self.version, r.weight_transport, r.bucket_mb * 2**20)
+            [worker], self.version, r.weight_transport, r.bucket_mb * 2**20, r.lora_sync)
         info = self.learner.info[0]
         critic_text = f"critic {info['critic_params']:,} parameters" if critic else f"no critic (ppo.advantage={p.advantage})"
         scorers = (f"{cfg.reward.num_actors} reward + reference actor(s) ({reward_desc} + reference)"
@@ -306,13 +309,15 @@ class PPOActors:
         return self._batches.submit(run)
 
     def push_weights(self, version: int) -> dict:
-        """The learner's policy weights to every rollout worker, stamped `version`; a worker lost
-        on the way is replaced and the push done again. Synchronous runs (no overlap) then start
-        the batch of iteration `version` (if the run has it), sampled with these weights."""
+        """The learner's policy weights (rollout.lora_sync=adapter: its LoRA adapters) to every
+        rollout worker, stamped `version`; a worker lost on the way is replaced and the push done
+        again. Synchronous runs (no overlap) then start the batch of iteration `version` (if the
+        run has it), sampled with these weights."""
         r = self.cfg.rollout
         while True:
             try:
-                stats = self.learner.push_weights(self.rollout.workers, version, r.weight_transport, r.bucket_mb * 2**20)
+                stats = self.learner.push_weights(self.rollout.workers, version, r.weight_transport, r.bucket_mb * 2**20,
+                                                  r.lora_sync)
                 break
             except ray.exceptions.RayError:
                 if not self.rollout.replace_dead("lost during a weight push"):

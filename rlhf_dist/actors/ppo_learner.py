@@ -5,7 +5,7 @@ the RM, InstructGPT C.4).
 The driver hands the group Arrow tables; the group declares the split once: rows go to ranks in
 contiguous equal parts, each part in micro-batches of `learner.micro_batch_size`. Rank 0 also
 pushes the policy's weights to the rollout workers (gathered one parameter at a time under ZeRO-3,
-in buckets, with a version).
+in buckets, with a version; with rollout.lora_sync=adapter, the LoRA adapters only).
 """
 
 from __future__ import annotations
@@ -98,23 +98,27 @@ class PPOLearnerWorker(LearnerWorker):
                 stats[f"{name}_grad_norm_max"] = norm
         return stats
 
-    def push_weights(self, actors: Sequence, version: int, transport: str, bucket_bytes: int) -> dict:
+    def push_weights(self, actors: Sequence, version: int, transport: str, bucket_bytes: int,
+                     lora_sync: str = "merged") -> dict:
         """Every rank iterates the gathered parameters in step; rank 0 sends them to the rollout
         actors. The sender is created once for a set of actors (a broadcast group stays up between
-        pushes) and again when the set changes (a replaced rollout worker)."""
+        pushes) and again when the set changes (a replaced rollout worker). `lora_sync="adapter"`:
+        the policy's LoRA adapters alone, which the actors' engines serve as a vLLM LoRA adapter
+        (rlhf_dist/engines/weight_sync/adapters.py); else the full (with LoRA: merged) weights."""
         import time
 
         import torch
 
-        from rlhf_dist.engines.weight_sync import gathered_named_tensors, make_weight_sync
+        from rlhf_dist.engines.weight_sync import AdapterSpec, gathered_named_tensors, make_weight_sync
 
         start = time.perf_counter()
-        tensors = gathered_named_tensors(self.policy)
+        adapter = lora_sync == "adapter"
+        tensors = self.policy.named_adapter_tensors() if adapter else gathered_named_tensors(self.policy)
         if self.rank != 0:
             for _ in tensors:
                 pass
             return {}
-        targets = [a._actor_id for a in actors]
+        targets = [a._actor_id for a in actors] + [lora_sync]
         if self.sync is not None and targets != self.sync_targets:
             try:
                 self.sync.close()
@@ -124,7 +128,10 @@ class PPOLearnerWorker(LearnerWorker):
         if self.sync is None:
             self.sync_targets = targets
             dtype = next(self.policy.model.parameters()).dtype
-            self.sync = make_weight_sync(list(actors), transport, bucket_bytes=bucket_bytes,
+            c = self.policy.cfg  # the learner's LoRA settings: each adapter folder's config
+            spec = AdapterSpec(c.lora_rank, c.lora_alpha, c.lora_dropout, c.lora_targets, self.base_paths["policy"])
+            self.sync = make_weight_sync(list(actors), transport, adapter=spec if adapter else None,
+                                         bucket_bytes=bucket_bytes,
                                          dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
         stats = self.sync.push(tensors, version)
         stats["seconds"] = time.perf_counter() - start
@@ -202,8 +209,11 @@ class PPOLearnerGroup(LearnerGroup):
         return sum_stats(self._get(refs))
 
     def push_weights(self, rollout_actors: Sequence, version: int, transport: str = "auto",
-                     bucket_bytes: int = 256 * 2**20) -> dict:
-        results = self._get([w.push_weights.remote(list(rollout_actors), version, transport, bucket_bytes) for w in self.workers])
+                     bucket_bytes: int = 256 * 2**20, lora_sync: str = "merged") -> dict:
+        """The policy to the rollout actors, stamped `version`; rank 0's stats ({"buckets", "bytes",
+        "versions", "seconds"}). `lora_sync`: "merged" (full weights) or "adapter" (LoRA adapters only)."""
+        results = self._get([w.push_weights.remote(list(rollout_actors), version, transport, bucket_bytes, lora_sync)
+                             for w in self.workers])
         return results[0]
 
     def save(self, policy_dir, critic_dir, tokenizer_path) -> None:

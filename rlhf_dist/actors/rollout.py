@@ -5,13 +5,17 @@ version that sampled it; with an environment, one row per multi-turn episode, ru
 `rlhf_dist.engines.episodes.run_episodes` against the worker's own pool of environment
 processes); the group balances prompts across workers and concatenates the batches
 in prompt order. Weights arrive through `WeightSyncActorMixin` (the learner's rank 0 pushes
-them). The number of workers is independent of the number of learner ranks.
+them: the full weights, or with rollout.lora_sync=adapter the policy's LoRA adapter, which the
+engine serves on its base weights). The number of workers is independent of the number of learner ranks.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import ray
 
@@ -29,8 +33,12 @@ class RolloutWorker(WeightSyncActorMixin):
     """A thin shell around `VLLMRolloutEngine` (started with the weight-sync worker extension)."""
 
     def __init__(self, model_dir: str, worker_id: int, seed: int, max_model_len: int, dtype: str = "float32",
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, env=None) -> None:
-        """`env`: an `EnvSettings` (episodes against an environment) or None (one response per prompt)."""
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, env=None, lora_rank: int = 0,
+                 adapter_root: str | None = None) -> None:
+        """`env`: an `EnvSettings` (episodes against an environment) or None (one response per prompt).
+        `lora_rank` > 0: the engine serves the policy's LoRA adapter of that rank, pushed by the learner
+        (rollout.lora_sync=adapter), on the base weights of `model_dir`; the adapter folders go
+        under `adapter_root` (default: a temp folder of the worker's own)."""
         import torch
 
         from rlhf_dist.engines.vllm_rollout import VLLMRolloutEngine
@@ -43,8 +51,14 @@ class RolloutWorker(WeightSyncActorMixin):
                 kwargs["distributed_executor_backend"] = "ray"
         self.worker_id = worker_id
         self.engine = VLLMRolloutEngine(model_dir, seed=seed, max_model_len=max_model_len, dtype=dtype,
-                                        tensor_parallel_size=tensor_parallel_size, **kwargs)
+                                        tensor_parallel_size=tensor_parallel_size, lora_rank=lora_rank, **kwargs)
         self.engine.warm_up()  # while the other roles start, not in the first iteration
+        if lora_rank:
+            import peft  # noqa: F401 - the adapter folders' writer needs it (seconds): now, not in the first push
+
+            from rlhf_dist.engines.weight_sync import adapter_receiver
+
+            adapter_receiver(self.engine, Path(adapter_root) / f"worker{worker_id}-{os.getpid()}" if adapter_root else None)
         self.env, self.env_pool = env, None
         if env is not None:
             from rlhf_dist.envs import EnvPool
@@ -108,19 +122,24 @@ class RolloutGroup:
     differ by at most one) and returns one Arrow table in prompt order.
 
     A worker that dies is replaced (at most `max_restarts` times in a run): a new actor in its
-    place, given the current weights by `load_weights(worker)` (set by the owner; the version is
-    checked on arrival), then its unfinished part is sampled again."""
+    place, given the current weights (or LoRA adapter) by `load_weights(worker)` (set by the owner;
+    the version is checked on arrival), then its unfinished part is sampled again."""
 
     def __init__(self, model_dir: str, num_workers: int, seed: int, max_model_len: int, num_cpus: float = 0.25,
                  num_gpus: float = 0.0, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, max_restarts: int = 3, wait: bool = True,
-                 threads: int | None = None, env: dict[str, str] | None = None, episodes=None) -> None:
+                 threads: int | None = None, env: dict[str, str] | None = None, episodes=None,
+                 lora_rank: int = 0) -> None:
         """`env`: environment variables of the actors; `episodes`: an `EnvSettings` (each worker
-        runs multi-turn episodes against its own environment processes) or None."""
+        runs multi-turn episodes against its own environment processes) or None; `lora_rank` > 0:
+        the engines serve pushed LoRA adapters of that rank (rollout.lora_sync=adapter)."""
         actor = ray.remote(RolloutWorker).options(num_cpus=num_cpus, num_gpus=num_gpus if tensor_parallel_size == 1 else 0,
                                                   runtime_env={"env_vars": {**rollout_env(threads), **(env or {})}})
+        # With adapters: every worker's adapter folders under one folder of the group's, which
+        # `shutdown` removes (also those of a worker that was killed).
+        self.adapter_root = tempfile.mkdtemp(prefix="rlhf-dist-lora-") if lora_rank else None
         self._start = lambda w: actor.remote(model_dir, w, seed + 100003 * w, max_model_len, dtype, tensor_parallel_size,
-                                             gpu_memory_utilization, episodes)
+                                             gpu_memory_utilization, episodes, lora_rank, self.adapter_root)
         self._asked = f"{num_workers} x {num_cpus:g} CPU + {num_gpus:g} GPU"
         self.workers = [self._start(w) for w in range(num_workers)]
         self.restarts, self.load_weights = Restarts("rollout", max_restarts), None
@@ -184,5 +203,8 @@ class RolloutGroup:
         return ray.get([w.weight_version.remote() for w in self.workers])
 
     def shutdown(self) -> None:
+        if self.adapter_root:  # the workers' adapter folders (ray.kill gives an actor no chance to clean up)
+            ray.wait([w.close_adapter_sync.remote() for w in self.workers], num_returns=len(self.workers), timeout=10)
+            shutil.rmtree(self.adapter_root, ignore_errors=True)  # workers on this node, a killed one's too
         for w in self.workers:
             ray.kill(w)

@@ -13,6 +13,8 @@ from rlhf_dist.config.fields import DEFAULT_TASK, param
 from rlhf_dist.config.learner import LearnerConfig, OptimConfig
 from rlhf_dist.config.logging import LogConfig
 
+VLLM_MAX_LORA_RANK = 512  # vLLM's LoRAConfig.max_lora_rank: 1, 8, 16, 32, 64, 128, 256, 320 or 512
+
 
 @dataclass
 class RolloutConfig:
@@ -33,6 +35,10 @@ class RolloutConfig:
     weight_transport: Literal["auto", "object_store", "broadcast"] = param(
         "auto", "learner -> vLLM weights: object_store (CPU) | broadcast (NCCL on GPU, gloo on CPU) | auto")
     bucket_mb: int = param(256, "weight-sync bucket size (MiB)", ge=1)
+    lora_sync: Literal["merged", "adapter"] = param(
+        "merged", "with learner.lora_rank > 0, what each weight push sends to the rollout engines: merged (W + s * B @ A "
+                  "under the base names: the full model every push) | adapter (the policy's LoRA A and B only, a few MB; "
+                  "the engines serve them as a vLLM LoRA adapter; needs learner.lora_rank > 0 and the object store)")
     max_staleness: int = param(1, "most policy versions a row may lag the learner (checked per row; a row "
                                   "sampled with older weights stops the run)", ge=0)
     overlap: bool = param(False, "sample the next batch while the learner trains on this one (rows one version "
@@ -183,6 +189,7 @@ class PPOConfig:
             raise ValueError(f"reference.colocate_with_reward=true puts one reference model in each reward actor: "
                              f"reference.num_actors ({self.reference.num_actors}) must equal reward.num_actors "
                              f"({self.reward.num_actors})")
+        self._check_lora_sync()
         rows = self.prompts_per_iteration * self.rollout.samples_per_prompt
         if rows % self.ppo.minibatch_size:
             raise ValueError(f"prompts_per_iteration x rollout.samples_per_prompt = {rows} is not divisible by "
@@ -224,6 +231,22 @@ class PPOConfig:
     def episodes(self) -> bool:
         """Each sample is a multi-turn episode against the environment `env`."""
         return bool(self.env.strip())
+
+    def _check_lora_sync(self) -> None:
+        """rollout.lora_sync=adapter: the policy has adapters, their rank is one vLLM serves, and the
+        transport is the object store (the adapters are a few MB)."""
+        r = self.rollout
+        if r.lora_sync != "adapter":
+            return
+        if not self.learner.lora_rank:
+            raise ValueError("rollout.lora_sync=adapter pushes the policy's LoRA adapters: set learner.lora_rank > 0 "
+                             "(or rollout.lora_sync=merged)")
+        if self.learner.lora_rank > VLLM_MAX_LORA_RANK:
+            raise ValueError(f"rollout.lora_sync=adapter: learner.lora_rank={self.learner.lora_rank} is above the "
+                             f"largest LoRA rank vLLM serves ({VLLM_MAX_LORA_RANK}); use rollout.lora_sync=merged")
+        if r.weight_transport == "broadcast":
+            raise ValueError("rollout.lora_sync=adapter sends the adapters through the Ray object store: set "
+                             "rollout.weight_transport=object_store or auto (or rollout.lora_sync=merged)")
 
     def _check_reward(self) -> None:
         """The reward settings agree: a function where one is used, and only there. A missing RM

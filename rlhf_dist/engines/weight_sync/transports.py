@@ -5,7 +5,8 @@ Three transports, one receiver path (`WeightSyncExtension`, receiver.py):
 - local engines (`VLLMRolloutEngine` or `vllm.LLM` in this process): `push_weights`; each bucket
   is one safetensors blob sent with `collective_rpc`.
 - engines inside Ray actors, CPU (the default there): `ObjectStoreWeightSync` / `push_weights_ray`;
-  each blob is `ray.put` once and every actor loads it (`WeightSyncActorMixin.load_weight_bucket`).
+  each blob is `ray.put` once and every actor loads it (`WeightSyncActorMixin.load_weight_bucket`;
+  LoRA adapters, rollout.lora_sync=adapter: `load_adapter_bucket`, adapters.py, on any device).
 - engines inside Ray actors, GPU: `BroadcastWeightSync(backend="nccl")`: learner rank 0 and the
   engines' workers form their own process group and each bucket is broadcast as one flat
   buffer. Tested on CPU with backend="gloo" only: the "nccl" backend is UNTESTED (no GPU here).
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from rlhf_dist.engines.weight_sync.adapters import AdapterSpec
 from rlhf_dist.engines.weight_sync.broadcast_group import broadcast, free_port, make_group, pack_bucket
 from rlhf_dist.engines.weight_sync.buckets import (
     DEFAULT_BUCKET_BYTES,
@@ -88,23 +90,32 @@ class ObjectStoreWeightSync:
     """Buckets as safetensors blobs through the Ray object store: `ray.put` once per bucket, every
     actor (`WeightSyncActorMixin`) loads it. Up to `max_inflight` buckets are in flight (the next
     is serialised while the actors load the previous); Ray runs one actor's calls in order, so
-    the final bucket lands last."""
+    the final bucket lands last.
+
+    `adapter` (an `AdapterSpec`, rollout.lora_sync=adapter): the tensors pushed are LoRA adapter
+    tensors under peft's adapter-file names; each actor writes them as an adapter folder that its
+    engine serves from then on (adapters.py)."""
 
     def __init__(self, actors: Sequence, bucket_bytes: int = DEFAULT_BUCKET_BYTES, dtype: torch.dtype | None = None,
-                 max_inflight: int = 2):
+                 max_inflight: int = 2, adapter: AdapterSpec | None = None):
         if not actors:
             raise ValueError("no actors")
         # dtype: the engines' dtype (cast here, so a bf16 engine is not sent fp32 bytes).
         self.actors, self.bucket_bytes, self.dtype, self.max_inflight = list(actors), bucket_bytes, dtype, max_inflight
+        self.adapter = adapter
 
     def push(self, named_tensors: NamedTensors, version: int) -> dict:
         import ray
 
         stats: dict = {"buckets": 0, "bytes": 0}
         inflight: list = []
-        for blob, final in with_final(bucketize(cast_tensors(named_tensors, self.dtype), self.bucket_bytes)):
+        group_key = None if self.adapter else fused_group_key  # adapters: no fused vLLM parameters to keep whole
+        for blob, final in with_final(bucketize(cast_tensors(named_tensors, self.dtype), self.bucket_bytes, group_key)):
             ref = ray.put(blob)
-            inflight.append([a.load_weight_bucket.remote(ref, int(version), final) for a in self.actors])
+            if self.adapter is None:
+                inflight.append([a.load_weight_bucket.remote(ref, int(version), final) for a in self.actors])
+            else:
+                inflight.append([a.load_adapter_bucket.remote(ref, int(version), final, self.adapter) for a in self.actors])
             stats["buckets"] += 1
             stats["bytes"] += len(blob)
             if len(inflight) >= self.max_inflight and not final:
@@ -186,8 +197,14 @@ class BroadcastWeightSync:
         self.group, self._store = None, None
 
 
-def make_weight_sync(actors: Sequence, transport: str = "auto", **kwargs):
-    """The sender for rollout actors: "broadcast" (nccl) when CUDA is available, else "object_store"."""
+def make_weight_sync(actors: Sequence, transport: str = "auto", adapter: AdapterSpec | None = None, **kwargs):
+    """The sender for rollout actors: "broadcast" (nccl) when CUDA is available, else "object_store".
+    With `adapter` (LoRA adapter tensors, a few MB): the object store, on any device."""
+    if adapter is not None:
+        if transport == "broadcast":
+            raise ValueError("LoRA adapters are pushed through the Ray object store, not a broadcast group: "
+                             "use transport object_store or auto")
+        return ObjectStoreWeightSync(actors, adapter=adapter, **kwargs)
     if transport == "auto":
         transport = "broadcast" if torch.cuda.is_available() else "object_store"
     if transport == "object_store":
