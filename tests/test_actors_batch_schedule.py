@@ -18,7 +18,7 @@ from rlhf_dist.data import PromptSampler
 def _actors(overlap: bool, iterations: int, events: list) -> PPOActors:
     actors = PPOActors.__new__(PPOActors)  # the scheduling alone: no roles started
     actors.cfg = SimpleNamespace(iterations=iterations, rollout=SimpleNamespace(
-        overlap=overlap, weight_transport="object_store", bucket_mb=1))
+        overlap=overlap, weight_transport="object_store", bucket_mb=1, lora_sync="merged"))
     actors._prompts, actors._pending, actors.version = None, None, 0
     actors.rollout = SimpleNamespace(workers=["w0"])
     actors.learner = SimpleNamespace(push_weights=lambda workers, version, *a: events.append(("push", version)) or {})
