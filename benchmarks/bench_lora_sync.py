@@ -44,51 +44,20 @@ set_vllm_cpu_env()  # before anything imports vLLM
 
 import argparse
 import contextlib
-import json
 import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def build_models(root: Path, hidden: int, layers: int) -> tuple[str, str, str]:
-    """(sft, reward model, data): a random-init Llama of the given size, as the tests' placeholders."""
-    from rlhf_dist.models.tiny import TinyModelSpec, save_tiny_model, toy_corpus
-    sys.path.insert(0, str(REPO))  # the tests' placeholder models (tests/ppo_placeholders.py)
-    from tests.ppo_placeholders import placeholder_ppo_models
-
-    spec = TinyModelSpec(hidden_size=hidden, num_layers=layers, num_heads=hidden // 64, intermediate_size=hidden * 43 // 16)
-    sft = save_tiny_model(root / "sft", toy_corpus(), spec, vocab_size=384, seed=0)
-    return placeholder_ppo_models(root, sft)
+from bench_lora import build_models  # noqa: E402  (the same models, built the same way)
+from bench_lora import run as run_ppo  # noqa: E402
 
 
 def run(extra: list[str], models, args, out: Path) -> dict:
-    import ray
-
-    from rlhf_dist.config import load_config
-    from rlhf_dist.config.ppo import PPOConfig
-    from rlhf_dist.recipes.ppo import train_ppo
-
-    sft, rm, data = models
-    overrides = [f"out={out}", f"sft={sft}", f"reward_model={rm}", f"data={data}", f"iterations={args.iterations}",
-                 "prompts_per_iteration=32", "ppo.minibatch_size=16", "learner.micro_batch_size=8",
-                 "rollout.max_new_tokens=32", "eval_prompts=0", "write_trajectories=false",
-                 "learner.cpus_per_rank=1", "learner.torch_threads=2",
-                 f"learner.lora_rank={args.rank}", f"learner.lora_alpha={2 * args.rank}", *extra]
-    cfg = load_config(PPOConfig, REPO / "configs" / "tiny.yaml", overrides)
-    t0 = time.perf_counter()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            train_ppo(cfg)
-    finally:
-        ray.shutdown()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if "time/iteration_s" in r]
-    return {"records": records, "wall_s": time.perf_counter() - t0, "overrides": overrides}
+    """One PPO run of bench_lora.py's settings with rank `args.rank` adapters (alpha 2 x rank) and `extra`."""
+    return run_ppo("", [f"learner.lora_rank={args.rank}", f"learner.lora_alpha={2 * args.rank}", *extra],
+                   models, args, out)
 
 
 def summarize(runs: list[dict]) -> dict:
